@@ -1,0 +1,350 @@
+//! The Docker Engine API through bollard: connection and version negotiation, the container
+//! configuration a stage becomes, and the mapping of bollard's errors onto [`EngineError`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
+    LogsOptions, RemoveContainerOptions, WaitContainerOptions,
+};
+use bollard::Docker;
+use futures_util::stream::{BoxStream, StreamExt};
+
+use super::{
+    ContainerSpec, ContainerState, Engine, EngineError, EngineErrorKind, JobMount, LabelledContainer,
+    LogChunk, PullProgress, SharedEngine, StreamKind,
+};
+
+const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+/// How long the first contact may take before the engine counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A Docker engine reached through its API.
+#[derive(Clone)]
+pub struct DockerEngine {
+    client: Docker,
+    endpoint: String,
+}
+
+impl std::fmt::Debug for DockerEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerEngine").field("endpoint", &self.endpoint).finish()
+    }
+}
+
+impl DockerEngine {
+    /// Connects as the docker CLI does: `DOCKER_HOST`, else the default socket; then agrees on
+    /// an API version with the engine (older engines speak older versions).
+    pub async fn connect() -> Result<DockerEngine, EngineError> {
+        let endpoint = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| DEFAULT_HOST.to_string());
+        Self::connect_to(&endpoint).await
+    }
+
+    /// Connects to the engine at `endpoint` (`unix:///path`, `tcp://host:port`, or a socket path).
+    pub async fn connect_to(endpoint: &str) -> Result<DockerEngine, EngineError> {
+        let endpoint = if endpoint.starts_with('/') { format!("unix://{endpoint}") } else { endpoint.to_string() };
+        let client = Self::client_for(&endpoint)?;
+        let client = match tokio::time::timeout(CONNECT_TIMEOUT, client.negotiate_version()).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(unavailable(&endpoint, e)),
+            Err(_) => {
+                return Err(EngineError::new(
+                    EngineErrorKind::Unavailable,
+                    format!("the engine did not answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                ))
+            }
+        };
+        Ok(DockerEngine { client, endpoint })
+    }
+
+    fn client_for(endpoint: &str) -> Result<Docker, EngineError> {
+        Docker::connect_with_host(endpoint).map_err(|e| unavailable(endpoint, e))
+    }
+
+    /// The engine's API version agreed at connection (`1.41`).
+    pub fn api_version(&self) -> String {
+        self.client.client_version().to_string()
+    }
+
+    fn container_body(spec: &ContainerSpec<'_>) -> ContainerCreateBody {
+        let stage = spec.stage;
+        let memory = i64::try_from(stage.memory.bytes()).unwrap_or(i64::MAX);
+        let JobMount::HostDir(dir) = &spec.job;
+        let mut tmpfs: HashMap<String, String> =
+            stage.tmpfs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        if stage.read_only && !tmpfs.contains_key("/tmp") {
+            tmpfs.insert("/tmp".to_string(), "rw,nosuid,nodev,size=64m".to_string());
+        }
+        let mut security_opt = Vec::new();
+        if stage.no_new_privileges {
+            security_opt.push("no-new-privileges".to_string());
+        }
+        // The engine's own copy of the output is bounded too, so a stage that prints for ever
+        // cannot fill the daemon's disk: two files of at most the kept size plus slack.
+        let log_max = (stage.output_limit.saturating_mul(2)).max(1 << 20);
+        let host_config = HostConfig {
+            binds: Some(vec![format!("{}:/job:rw", dir.display())]),
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            cpuset_cpus: stage.cpuset_cpus.as_ref().map(|c| c.as_str().to_string()),
+            nano_cpus: stage.cpus.map(|c| (c * 1e9).round() as i64),
+            network_mode: (!stage.networking).then(|| "none".to_string()),
+            privileged: Some(stage.privileged),
+            pids_limit: stage.pids_limit,
+            readonly_rootfs: Some(stage.read_only),
+            cap_add: (!stage.cap_add.is_empty()).then(|| stage.cap_add.clone()),
+            cap_drop: (!stage.cap_drop.is_empty()).then(|| stage.cap_drop.clone()),
+            security_opt: (!security_opt.is_empty()).then_some(security_opt),
+            ulimits: (!stage.ulimits.is_empty()).then(|| {
+                stage
+                    .ulimits
+                    .iter()
+                    .map(|(name, l)| ResourcesUlimits { name: Some(name.clone()), soft: Some(l.soft), hard: Some(l.hard) })
+                    .collect()
+            }),
+            tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
+            runtime: stage.runtime.clone(),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".to_string()),
+                config: Some(HashMap::from([
+                    ("max-size".to_string(), log_max.to_string()),
+                    ("max-file".to_string(), "2".to_string()),
+                ])),
+            }),
+            ..Default::default()
+        };
+        ContainerCreateBody {
+            image: Some(stage.image.clone()),
+            hostname: Some(stage.hostname.clone()),
+            entrypoint: spec.entrypoint_override.clone().or_else(|| stage.entrypoint.clone()),
+            // An explicit entrypoint replaces the image's command too, as `docker run
+            // --entrypoint` does; otherwise the image's own command stays.
+            cmd: if spec.entrypoint_override.is_some() || stage.entrypoint.is_some() { Some(Vec::new()) } else { None },
+            user: spec.user_override.clone().or_else(|| stage.user.clone()),
+            env: Some(spec.env.clone()),
+            labels: Some(spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+            tty: Some(stage.tty),
+            attach_stdout: Some(false),
+            attach_stderr: Some(false),
+            open_stdin: Some(false),
+            network_disabled: Some(!stage.networking),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+}
+
+/// Pulls want a tag: without one the engine would fetch every tag of the repository.
+fn with_default_tag(image: &str) -> String {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') || last.contains(':') {
+        image.to_string()
+    } else {
+        format!("{image}:latest")
+    }
+}
+
+fn unavailable(endpoint: &str, error: BollardError) -> EngineError {
+    let mut mapped = map_error(error);
+    mapped.kind = EngineErrorKind::Unavailable;
+    mapped.message = format!(
+        "cannot reach the Docker engine at {endpoint} ({}); check that the daemon is running and \
+         that this user may use its socket (root, or a member of the docker group), or set DOCKER_HOST",
+        mapped.message
+    );
+    mapped
+}
+
+fn map_error(error: BollardError) -> EngineError {
+    let kind = match &error {
+        BollardError::DockerResponseServerError { status_code: 404, .. } => EngineErrorKind::NotFound,
+        BollardError::DockerResponseServerError { .. } => EngineErrorKind::Refused,
+        BollardError::DockerStreamError { .. } => EngineErrorKind::Refused,
+        BollardError::RequestTimeoutError => EngineErrorKind::Timeout,
+        BollardError::IOError { .. }
+        | BollardError::HyperResponseError { .. }
+        | BollardError::SocketNotFoundError(_)
+        | BollardError::HyperLegacyError { .. } => EngineErrorKind::Unavailable,
+        _ => EngineErrorKind::Other,
+    };
+    let message = match &error {
+        BollardError::DockerResponseServerError { message, .. } => message.trim().to_string(),
+        BollardError::DockerStreamError { error } => error.trim().to_string(),
+        BollardError::SocketNotFoundError(path) => format!("no socket at {path}"),
+        other => other.to_string(),
+    };
+    EngineError { kind, message, source: Some(Box::new(error)) }
+}
+
+#[async_trait]
+impl Engine for DockerEngine {
+    fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    async fn cpu_count(&self) -> Result<u32, EngineError> {
+        let info = self.client.info().await.map_err(map_error)?;
+        Ok(info.ncpu.and_then(|n| u32::try_from(n).ok()).unwrap_or(1))
+    }
+
+    async fn image_present(&self, image: &str) -> Result<bool, EngineError> {
+        match self.client.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let e = map_error(e);
+                if e.is_not_found() {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    async fn pull(
+        &self,
+        image: &str,
+        progress: &(dyn Fn(PullProgress) + Send + Sync),
+    ) -> Result<(), EngineError> {
+        let options = CreateImageOptions { from_image: Some(with_default_tag(image)), ..Default::default() };
+        let mut stream = self.client.create_image(Some(options), None, None);
+        // Per-layer progress, summed: the engine reports each layer on its own.
+        let mut layers: HashMap<String, (u64, u64)> = HashMap::new();
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(map_error)?;
+            if let (Some(id), Some(detail)) = (info.id, info.progress_detail) {
+                let entry = layers.entry(id).or_default();
+                if let Some(current) = detail.current {
+                    entry.0 = current.max(0) as u64;
+                }
+                if let Some(total) = detail.total {
+                    entry.1 = total.max(0) as u64;
+                }
+                let (current, total) = layers.values().fold((0, 0), |(c, t), (lc, lt)| (c + lc, t + lt));
+                progress(PullProgress { current, total });
+            }
+        }
+        Ok(())
+    }
+
+    async fn create(&self, spec: &ContainerSpec<'_>) -> Result<String, EngineError> {
+        let options = CreateContainerOptions { name: Some(spec.name.clone()), ..Default::default() };
+        let response = self
+            .client
+            .create_container(Some(options), Self::container_body(spec))
+            .await
+            .map_err(map_error)?;
+        Ok(response.id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), EngineError> {
+        self.client.start_container(id, None).await.map_err(map_error)
+    }
+
+    async fn wait(&self, id: &str) -> Result<i64, EngineError> {
+        let options = WaitContainerOptions { condition: "not-running".to_string() };
+        let mut stream = self.client.wait_container(id, Some(options));
+        match stream.next().await {
+            Some(Ok(response)) => Ok(response.status_code),
+            // bollard reports a non-zero exit as an error; for us it is an outcome.
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(map_error(e)),
+            None => Err(EngineError::new(EngineErrorKind::Other, "the engine closed the wait without an exit code")),
+        }
+    }
+
+    async fn kill(&self, id: &str) -> Result<(), EngineError> {
+        let options = KillContainerOptions { signal: "SIGKILL".to_string() };
+        match self.client.kill_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) => match map_error(e) {
+                // 409: not running (already exited); 404: already gone. Both are what we wanted.
+                e if e.is_not_found() => Ok(()),
+                EngineError { kind: EngineErrorKind::Refused, message, .. } if message.contains("is not running") => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+
+    fn logs(&self, id: &str) -> BoxStream<'static, Result<LogChunk, EngineError>> {
+        let options = LogsOptions { follow: true, stdout: true, stderr: true, timestamps: true, ..Default::default() };
+        self.client
+            .logs(id, Some(options))
+            .filter_map(|item| async move {
+                match item {
+                    Ok(bollard::container::LogOutput::StdOut { message })
+                    | Ok(bollard::container::LogOutput::Console { message }) => {
+                        Some(Ok(LogChunk { stream: StreamKind::Stdout, bytes: message }))
+                    }
+                    Ok(bollard::container::LogOutput::StdErr { message }) => {
+                        Some(Ok(LogChunk { stream: StreamKind::Stderr, bytes: message }))
+                    }
+                    Ok(bollard::container::LogOutput::StdIn { .. }) => None,
+                    Err(e) => Some(Err(map_error(e))),
+                }
+            })
+            .boxed()
+    }
+
+    async fn inspect_state(&self, id: &str) -> Result<ContainerState, EngineError> {
+        let response = self.client.inspect_container(id, None).await.map_err(map_error)?;
+        let raw = match response.state.map(serde_json::to_value) {
+            Some(Ok(serde_json::Value::Object(map))) => map,
+            _ => return Err(EngineError::new(EngineErrorKind::Other, "the engine's inspection holds no State")),
+        };
+        Ok(ContainerState { raw })
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), EngineError> {
+        let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+        match self.client.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) => match map_error(e) {
+                e if e.is_not_found() => Ok(()),
+                // Already being removed by another layer of cleanup.
+                EngineError { kind: EngineErrorKind::Refused, message, .. } if message.contains("already in progress") => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+
+    async fn list_labelled(&self, label: &str) -> Result<Vec<LabelledContainer>, EngineError> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([("label".to_string(), vec![label.to_string()])])),
+            ..Default::default()
+        };
+        let found = self.client.list_containers(Some(options)).await.map_err(map_error)?;
+        Ok(found
+            .into_iter()
+            .filter_map(|c| {
+                Some(LabelledContainer { id: c.id?, labels: c.labels.unwrap_or_default().into_iter().collect() })
+            })
+            .collect())
+    }
+
+    async fn reconnect(&self) -> Result<SharedEngine, EngineError> {
+        Ok(Arc::new(DockerEngine::connect_to(&self.endpoint).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pulls_name_a_tag() {
+        assert_eq!(with_default_tag("busybox"), "busybox:latest");
+        assert_eq!(with_default_tag("localhost:5000/team/img"), "localhost:5000/team/img:latest");
+        assert_eq!(with_default_tag("localhost:5000/team/img:v1"), "localhost:5000/team/img:v1");
+        assert_eq!(with_default_tag("alpine@sha256:abc"), "alpine@sha256:abc");
+    }
+}

@@ -1,0 +1,192 @@
+//! What became of a stage: the [`Outcome`] as a type, and the [`StageResult`] that carries it
+//! with the engine's `State` and the stage's output.
+//!
+//! A non-zero exit, a timeout or an OOM kill is an outcome, never an error: errors are kept for
+//! things that stop us from knowing the outcome (the engine failing, bad input).
+
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+/// How a stage ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The stage's process exited by itself with this code (0 is success).
+    Exited(i64),
+    /// The stage outlived its timeout and was killed.
+    TimedOut,
+    /// The stage went over its memory cap and the kernel killed it.
+    OomKilled,
+    /// The stage did not run because an earlier stage failed.
+    Skipped,
+}
+
+impl Outcome {
+    pub fn success(self) -> bool {
+        self == Outcome::Exited(0)
+    }
+
+    /// Decides the outcome from what the engine reported; success is "not killed and exit 0".
+    pub fn from_exit(killed_by_timeout: bool, exit_code: i64, oom_killed: bool) -> Outcome {
+        if killed_by_timeout {
+            Outcome::TimedOut
+        } else if exit_code == 0 {
+            Outcome::Exited(0)
+        } else if oom_killed {
+            Outcome::OomKilled
+        } else {
+            Outcome::Exited(exit_code)
+        }
+    }
+}
+
+/// The output of one stream of a stage, as `docker logs --timestamps` prints it, up to the
+/// stage's `output_limit`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Output {
+    /// The kept bytes: the beginning of the stream, whole log lines, ending with a marker
+    /// line when anything was dropped.
+    pub bytes: Vec<u8>,
+    /// Bytes dropped after the limit was reached.
+    pub dropped: u64,
+}
+
+impl Output {
+    pub fn truncated(&self) -> bool {
+        self.dropped > 0
+    }
+}
+
+/// Collects one stream's output up to a limit, counting what it drops.
+#[derive(Debug)]
+pub(crate) struct OutputBuffer {
+    kept: Vec<u8>,
+    limit: u64,
+    dropped: u64,
+}
+
+impl OutputBuffer {
+    pub(crate) fn new(limit: u64) -> Self {
+        OutputBuffer { kept: Vec::new(), limit, dropped: 0 }
+    }
+
+    /// Keeps the chunk if it fits whole; once one chunk is dropped, every later one is too, so
+    /// the kept part is always a prefix of the stream.
+    pub(crate) fn push(&mut self, chunk: &[u8]) {
+        if self.dropped == 0 && (self.kept.len() + chunk.len()) as u64 <= self.limit {
+            self.kept.extend_from_slice(chunk);
+        } else {
+            self.dropped += chunk.len() as u64;
+        }
+    }
+
+    pub(crate) fn finish(mut self) -> Output {
+        if self.dropped > 0 {
+            let marker = format!(
+                "[chainlink] output truncated: {} bytes dropped after the first {} bytes (output_limit {})\n",
+                self.dropped,
+                self.kept.len(),
+                self.limit
+            );
+            self.kept.extend_from_slice(marker.as_bytes());
+        }
+        Output { bytes: self.kept, dropped: self.dropped }
+    }
+}
+
+/// What one stage of a run produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageResult {
+    pub index: usize,
+    pub image: String,
+    pub outcome: Outcome,
+    /// The container's `State` as inspected before removal; `None` for a skipped stage.
+    pub state: Option<Map<String, Value>>,
+    /// `None` when the stage has `logs: false`.
+    pub stdout: Option<Output>,
+    pub stderr: Option<Output>,
+    /// From the container's start to its end as the runner saw it.
+    pub duration: Duration,
+}
+
+impl StageResult {
+    pub(crate) fn skipped(index: usize, image: &str, logs: bool) -> StageResult {
+        let empty = logs.then(Output::default);
+        StageResult {
+            index,
+            image: image.to_string(),
+            outcome: Outcome::Skipped,
+            state: None,
+            stdout: empty.clone(),
+            stderr: empty,
+            duration: Duration::ZERO,
+        }
+    }
+
+    pub fn success(&self) -> bool {
+        self.outcome.success()
+    }
+
+    /// Whether the timeout killed the stage (the seed's `killed`).
+    pub fn killed(&self) -> bool {
+        self.outcome == Outcome::TimedOut
+    }
+
+    pub fn skipped_stage(&self) -> bool {
+        self.outcome == Outcome::Skipped
+    }
+
+    pub fn truncated(&self) -> bool {
+        self.stdout.as_ref().is_some_and(Output::truncated) || self.stderr.as_ref().is_some_and(Output::truncated)
+    }
+
+    pub fn exit_code(&self) -> Option<i64> {
+        self.state.as_ref()?.get("ExitCode")?.as_i64()
+    }
+
+    /// The seed's result shape without `logs`, whose form (bytes, text) is the caller's:
+    /// `data`, `killed`, `success`, `skipped`, and `truncated`.
+    pub fn to_map_without_logs(&self) -> Map<String, Value> {
+        let data = self.state.clone().map(Value::Object).unwrap_or(Value::Null);
+        let Value::Object(map) = json!({
+            "data": data,
+            "killed": self.killed(),
+            "success": self.success(),
+            "skipped": self.skipped_stage(),
+            "truncated": self.truncated(),
+        }) else {
+            unreachable!("json! of an object literal is an object")
+        };
+        map
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn success_is_exit_zero_without_a_kill() {
+        assert_eq!(Outcome::from_exit(false, 0, false), Outcome::Exited(0));
+        assert_eq!(Outcome::from_exit(true, 0, false), Outcome::TimedOut);
+        assert_eq!(Outcome::from_exit(false, 137, true), Outcome::OomKilled);
+        // A child killed for memory while the main process still exits 0: the exit decides.
+        assert_eq!(Outcome::from_exit(false, 0, true), Outcome::Exited(0));
+        assert_eq!(Outcome::from_exit(false, 3, false), Outcome::Exited(3));
+        assert!(Outcome::Exited(0).success() && !Outcome::Exited(1).success() && !Outcome::Skipped.success());
+    }
+
+    #[test]
+    fn output_keeps_a_prefix_of_whole_chunks_and_marks_the_rest() {
+        let mut buffer = OutputBuffer::new(10);
+        buffer.push(b"12345\n");
+        buffer.push(b"67890\n");
+        buffer.push(b"1\n");
+        let output = buffer.finish();
+        assert_eq!(output.dropped, 8);
+        assert!(output.bytes.starts_with(b"12345\n[chainlink] output truncated: 8 bytes dropped"));
+        let mut small = OutputBuffer::new(10);
+        small.push(b"abc\n");
+        assert_eq!(small.finish(), Output { bytes: b"abc\n".to_vec(), dropped: 0 });
+    }
+}

@@ -1,0 +1,364 @@
+//! The life of a chain: construction (validate, connect, pull) and runs (for each stage:
+//! create, start, wait with the timeout, kill, collect output, inspect, remove).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::cleanup::{container_labels, RunGuard, RunId};
+use crate::engine::{ContainerSpec, DockerEngine, Engine, EngineError, SharedEngine, StreamKind};
+use crate::error::{Error, ImageFailure};
+use crate::events::{emit, Event, EventSink, ImageSource};
+use crate::outcome::{Outcome, OutputBuffer, StageResult};
+use crate::spec::{check_stages, Problem, Problems, PullPolicy, Stage};
+use crate::workspace::{check_workdir, Workspace};
+
+/// How long a killed container may take to be reported stopped before we call the engine stuck.
+const KILL_GRACE: Duration = Duration::from_secs(30);
+
+/// Options of a chain as a whole.
+#[derive(Clone)]
+pub struct ChainOptions {
+    /// Where run directories are created (the seed's `workdir`, default `/tmp`).
+    pub workdir: PathBuf,
+    pub pull: PullPolicy,
+    /// Receives pull and run events.
+    pub events: Option<EventSink>,
+}
+
+impl Default for ChainOptions {
+    fn default() -> Self {
+        ChainOptions { workdir: PathBuf::from("/tmp"), pull: PullPolicy::Always, events: None }
+    }
+}
+
+impl std::fmt::Debug for ChainOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainOptions")
+            .field("workdir", &self.workdir)
+            .field("pull", &self.pull)
+            .field("events", &self.events.is_some())
+            .finish()
+    }
+}
+
+impl ChainOptions {
+    pub fn workdir(mut self, workdir: impl Into<PathBuf>) -> Self {
+        self.workdir = workdir.into();
+        self
+    }
+
+    pub fn pull(mut self, policy: PullPolicy) -> Self {
+        self.pull = policy;
+        self
+    }
+
+    pub fn events(mut self, sink: EventSink) -> Self {
+        self.events = Some(sink);
+        self
+    }
+}
+
+/// What a single run may be given beyond its base environment.
+#[derive(Clone, Default)]
+pub struct RunControl {
+    /// Cancelling it kills the running stage and removes everything; the run then returns
+    /// [`Error::Cancelled`].
+    pub cancel: CancellationToken,
+    /// Receives this run's events instead of the chain's sink.
+    pub events: Option<EventSink>,
+}
+
+/// A validated chain whose images are ready on the engine. Runs may go on at once, each with
+/// its own `/job` directory.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    stages: Arc<[Stage]>,
+    options: ChainOptions,
+    engine: SharedEngine,
+}
+
+impl Chain {
+    /// Validates the stages, connects to the engine (`DOCKER_HOST` or the default socket), and
+    /// gets every distinct image in parallel under the pull policy.
+    pub async fn new(stages: Vec<Stage>, options: ChainOptions) -> Result<Chain, Error> {
+        check_input(&stages, &options)?;
+        let engine = DockerEngine::connect().await.map_err(Error::EngineUnavailable)?;
+        Self::with_engine(stages, options, Arc::new(engine)).await
+    }
+
+    /// As [`Chain::new`], on an engine the caller connected.
+    pub async fn with_engine(stages: Vec<Stage>, options: ChainOptions, engine: SharedEngine) -> Result<Chain, Error> {
+        check_input(&stages, &options)?;
+        check_cpusets(&stages, &*engine).await?;
+        let chain = Chain { stages: stages.into(), options, engine };
+        chain.prepare_images().await?;
+        Ok(chain)
+    }
+
+    pub fn stages(&self) -> &[Stage] {
+        &self.stages
+    }
+
+    pub fn options(&self) -> &ChainOptions {
+        &self.options
+    }
+
+    pub fn engine(&self) -> &SharedEngine {
+        &self.engine
+    }
+
+    /// The distinct images of the chain, in stage order.
+    pub fn images(&self) -> Vec<String> {
+        let mut images: Vec<String> = Vec::new();
+        for stage in self.stages.iter() {
+            if !images.contains(&stage.image) {
+                images.push(stage.image.clone());
+            }
+        }
+        images
+    }
+
+    async fn prepare_images(&self) -> Result<(), Error> {
+        let sink = &self.options.events;
+        let policy = self.options.pull;
+        let engine = &*self.engine;
+        let jobs = self.images().into_iter().map(|image| async move {
+            let started = Instant::now();
+            let result = get_image(engine, &image, policy, sink).await;
+            match result {
+                Ok(source) => {
+                    emit(sink, || Event::PullFinished { image: image.clone(), source, duration: started.elapsed() });
+                    Ok(())
+                }
+                Err(reason) => Err(ImageFailure { image, reason }),
+            }
+        });
+        let failures: Vec<ImageFailure> =
+            futures_util::future::join_all(jobs).await.into_iter().filter_map(Result::err).collect();
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::ImagesUnavailable(failures))
+        }
+    }
+
+    /// Runs the chain with `environ` as every stage's base environment.
+    pub async fn run(&self, environ: &BTreeMap<String, String>) -> Result<Vec<StageResult>, Error> {
+        self.run_with(environ, RunControl::default()).await
+    }
+
+    /// Runs the chain under `control`: cancellation and a sink of this run's events.
+    pub async fn run_with(
+        &self,
+        environ: &BTreeMap<String, String>,
+        control: RunControl,
+    ) -> Result<Vec<StageResult>, Error> {
+        let environ_problems: Vec<Problem> = environ
+            .keys()
+            .filter(|k| k.is_empty() || k.contains('='))
+            .map(|k| Problem::new(None, Some("environ"), "variable names that are not empty and hold no '='", format!("{k:?}")))
+            .collect();
+        if !environ_problems.is_empty() {
+            return Err(Error::Invalid(Problems(environ_problems)));
+        }
+        let run = RunId::new();
+        let workspace = Workspace::create(&self.options.workdir, &run)
+            .map_err(|source| Error::Workspace { path: self.options.workdir.clone(), source })?;
+        let guard = RunGuard::new(self.engine.clone(), run.clone(), workspace.path().to_path_buf(), self.images());
+        let sink = control.events.or_else(|| self.options.events.clone());
+        let mut results = Vec::with_capacity(self.stages.len());
+        let ended = tokio::select! {
+            biased;
+            _ = control.cancel.cancelled() => Err(None),
+            ended = self.run_stages(&run, &workspace, &guard, environ, &sink, &mut results) => ended.map_err(Some),
+        };
+        let cleaned = guard.cleanup().await;
+        match (ended, cleaned) {
+            (Err(None), _) => Err(Error::Cancelled { results }),
+            (Err(Some((index, source))), _) => {
+                Err(Error::Stage { index, image: self.stages[index].image.clone(), results, source })
+            }
+            (Ok(()), Err(source)) => Err(Error::Cleanup { results, source }),
+            (Ok(()), Ok(())) => Ok(results),
+        }
+    }
+
+    async fn run_stages(
+        &self,
+        run: &RunId,
+        workspace: &Workspace,
+        guard: &RunGuard,
+        environ: &BTreeMap<String, String>,
+        sink: &Option<EventSink>,
+        results: &mut Vec<StageResult>,
+    ) -> Result<(), (usize, EngineError)> {
+        let total = self.stages.len();
+        let mut failed = false;
+        for (index, stage) in self.stages.iter().enumerate() {
+            if failed {
+                emit(sink, || Event::StageSkipped { index, total });
+                results.push(StageResult::skipped(index, &stage.image, stage.logs));
+                continue;
+            }
+            let result = self
+                .run_stage(run, workspace, guard, environ, sink, index, stage)
+                .await
+                .map_err(|e| (index, e))?;
+            failed = !result.success();
+            results.push(result);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_stage(
+        &self,
+        run: &RunId,
+        workspace: &Workspace,
+        guard: &RunGuard,
+        environ: &BTreeMap<String, String>,
+        sink: &Option<EventSink>,
+        index: usize,
+        stage: &Stage,
+    ) -> Result<StageResult, EngineError> {
+        let engine = &*self.engine;
+        let total = self.stages.len();
+        let mut env = environ.clone();
+        env.extend(stage.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let spec = ContainerSpec {
+            name: format!("chainlink-{run}-{index}"),
+            stage,
+            env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            job: workspace.mount(),
+            labels: container_labels(run, Some(index)),
+            user_override: None,
+            entrypoint_override: None,
+        };
+        // Tracked by name before the engine hears of it: a run cancelled while the create is
+        // in flight still removes the container the engine may have made.
+        guard.track(&spec.name);
+        engine.create(&spec).await?;
+        let id = spec.name.clone();
+        emit(sink, || Event::StageStarted { index, total, image: stage.image.clone() });
+        let started = Instant::now();
+        engine.start(&id).await?;
+
+        let collect = async {
+            let mut stdout = OutputBuffer::new(stage.output_limit);
+            let mut stderr = OutputBuffer::new(stage.output_limit);
+            let mut stream = engine.logs(&id);
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                match chunk.stream {
+                    StreamKind::Stdout => stdout.push(&chunk.bytes),
+                    StreamKind::Stderr => stderr.push(&chunk.bytes),
+                }
+                emit(sink, || Event::Output { index, stream: chunk.stream, bytes: chunk.bytes });
+            }
+            Ok::<_, EngineError>((stdout.finish(), stderr.finish()))
+        };
+        let wait = async {
+            match tokio::time::timeout(stage.timeout, engine.wait(&id)).await {
+                Ok(code) => Ok((code?, false)),
+                Err(_) => {
+                    engine.kill(&id).await?;
+                    let code = tokio::time::timeout(KILL_GRACE, engine.wait(&id)).await.map_err(|_| {
+                        EngineError::new(crate::engine::EngineErrorKind::Timeout, "the killed container did not stop")
+                    })??;
+                    Ok((code, true))
+                }
+            }
+        };
+        let (waited, collected) = tokio::join!(wait, collect);
+        let (exit_code, killed) = waited?;
+        let duration = started.elapsed();
+        let (stdout, stderr) = collected?;
+        let state = engine.inspect_state(&id).await?;
+        let outcome = Outcome::from_exit(killed, state.exit_code().unwrap_or(exit_code), state.oom_killed());
+        guard.release(&id).await?;
+        emit(sink, || Event::StageFinished { index, total, outcome, duration });
+        Ok(StageResult {
+            index,
+            image: stage.image.clone(),
+            outcome,
+            state: Some(state.raw),
+            stdout: stage.logs.then_some(stdout),
+            stderr: stage.logs.then_some(stderr),
+            duration,
+        })
+    }
+}
+
+/// Everything that can be checked without the engine, at once.
+fn check_input(stages: &[Stage], options: &ChainOptions) -> Result<(), Problems> {
+    let mut problems = match check_stages(stages) {
+        Ok(()) => Vec::new(),
+        Err(Problems(found)) => found,
+    };
+    if let Err(why) = check_workdir(&options.workdir) {
+        problems.push(Problem::new(None, Some("workdir"), "an existing directory this user can write to", why));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Problems(problems))
+    }
+}
+
+/// CPU sets must name CPUs the engine's host has; checked before any container starts.
+async fn check_cpusets(stages: &[Stage], engine: &dyn Engine) -> Result<(), Error> {
+    if stages.iter().all(|s| s.cpuset_cpus.is_none()) {
+        return Ok(());
+    }
+    let cpus = engine.cpu_count().await.map_err(|source| Error::Engine { action: "read the engine's CPU count", source })?;
+    let problems: Vec<Problem> = stages
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let set = s.cpuset_cpus.as_ref()?;
+            (set.highest() >= cpus).then(|| {
+                let expected = format!("CPUs the engine has (0-{})", cpus.saturating_sub(1));
+                Problem::new(Some(i), Some("cpuset_cpus"), &expected, format!("{set:?}", set = set.as_str()))
+            })
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(Problems(problems)))
+    }
+}
+
+/// Gets one image under the pull policy; the error is the reason, for the caller's message.
+async fn get_image(engine: &dyn Engine, image: &str, policy: PullPolicy, sink: &Option<EventSink>) -> Result<ImageSource, String> {
+    let present = || async { engine.image_present(image).await.map_err(|e| e.to_string()) };
+    match policy {
+        PullPolicy::Never => {
+            if present().await? {
+                Ok(ImageSource::Local)
+            } else {
+                Err("pull policy is never and the engine does not have it".to_string())
+            }
+        }
+        PullPolicy::IfMissing if present().await? => Ok(ImageSource::Local),
+        PullPolicy::IfMissing | PullPolicy::Always => {
+            emit(sink, || Event::PullStarted { image: image.to_string() });
+            let progress = |progress| emit(sink, || Event::PullProgress { image: image.to_string(), progress });
+            match engine.pull(image, &progress).await {
+                Ok(()) => Ok(ImageSource::Pulled),
+                Err(pull_error) => {
+                    if present().await? {
+                        Ok(ImageSource::LocalAfterFailedPull(pull_error.to_string()))
+                    } else {
+                        Err(pull_error.to_string())
+                    }
+                }
+            }
+        }
+    }
+}
