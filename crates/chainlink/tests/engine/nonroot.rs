@@ -1,0 +1,48 @@
+//! Cleanup when the runner is not root and a stage leaves root-owned, mode-000 files in /job.
+//!
+//! As root (CI), the test runs itself again as the unprivileged user `chainlink-ci` (a member
+//! of the docker group, made by `.ci/run`); as any other user it runs directly.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use crate::common::*;
+
+const INNER: &str = "CHAINLINK_TEST_NONROOT_INNER";
+const CI_USER: &str = "chainlink-ci";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn root_owned_files_in_job_do_not_stop_cleanup_by_a_non_root_runner() {
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 || std::env::var_os(INNER).is_some() {
+        assert_ne!(euid, 0, "this part must run as a user that is not root");
+        return cleanup_as_this_user().await;
+    }
+    let id = Command::new("id").args(["-u", CI_USER]).output().expect("id");
+    assert!(
+        id.status.success(),
+        "user {CI_USER} is missing: .ci/run creates it (useradd -m -G docker {CI_USER})"
+    );
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid", CI_USER, "--regid", CI_USER, "--init-groups", "--reset-env"])
+        .arg(&exe)
+        .args(["--exact", "nonroot::root_owned_files_in_job_do_not_stop_cleanup_by_a_non_root_runner", "--nocapture"])
+        .env(INNER, "1")
+        .output()
+        .expect("setpriv");
+    let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the run as {CI_USER} failed:\n{report}");
+    assert!(report.contains("1 passed"), "the inner test did not run:\n{report}");
+}
+
+async fn cleanup_as_this_user() {
+    // A workdir this user owns, in a place every user can reach.
+    let dir = tempfile::Builder::new().prefix("chainlink-test-nonroot-").tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = "mkdir -p /job/a/b/c && echo x > /job/a/b/c/f && chmod 000 /job/a/b/c/f /job/a/b/c /job/a/b /job/a && ls -ld /job/a | cut -c1-10";
+    let results = run(&chain(vec![sh(script)], dir.path()).await).await;
+    assert!(results[0].success(), "{}", stderr(&results[0]));
+    assert_eq!(stdout(&results[0]), "d---------");
+    assert_nothing_left(dir.path());
+}
