@@ -1,0 +1,87 @@
+//! How a command ended, and the one mapping from that to the process's exit status.
+
+/// How a command ended.
+#[derive(Debug)]
+pub enum Ending {
+    /// Every stage succeeded (or the command did what it was asked).
+    Success,
+    /// A stage failed: a non-zero exit, a timeout, an OOM kill.
+    StageFailed,
+    /// The input was unusable: an unreadable file, a syntax error, an unwritable logs
+    /// directory. The message says what and where.
+    Input(String),
+    /// The library refused or failed.
+    Library(chainlink::Error),
+    /// Something the engine held could not be removed (`gc`).
+    Cleanup(chainlink::cleanup::CleanupError),
+    /// A signal cancelled the run; its number.
+    Interrupted(i32),
+}
+
+impl Ending {
+    /// What to print after `chainlink: error: `, if anything.
+    pub fn message(&self) -> Option<String> {
+        match self {
+            Ending::Success | Ending::StageFailed => None,
+            Ending::Input(message) => Some(message.clone()),
+            Ending::Library(error) => Some(error.to_string()),
+            Ending::Cleanup(error) => Some(format!("failed to sweep what dead runs left: {error}")),
+            Ending::Interrupted(signal) => {
+                Some(format!("interrupted by {}; the run was stopped and cleaned up", signal_name(*signal)))
+            }
+        }
+    }
+}
+
+/// The exit status of every way a command can end: 0 success; 1 a stage failed; 2 invalid
+/// input; 3 the engine; 128 + the signal's number after SIGINT (130) or SIGTERM (143).
+pub fn exit_code(ending: &Ending) -> u8 {
+    use chainlink::Error as E;
+    match ending {
+        Ending::Success => 0,
+        Ending::StageFailed => 1,
+        Ending::Input(_) | Ending::Library(E::Invalid(_)) => 2,
+        Ending::Library(
+            E::EngineUnavailable(_)
+            | E::ImagesUnavailable(_)
+            | E::Stage { .. }
+            | E::Engine { .. }
+            | E::Workspace { .. }
+            | E::Cleanup { .. },
+        )
+        | Ending::Cleanup(_) => 3,
+        // Only a signal cancels a run, and that ends as `Interrupted`; SIGINT's status is the
+        // fallback.
+        Ending::Library(E::Cancelled { .. }) => 128 + libc::SIGINT as u8,
+        Ending::Interrupted(signal) => 128u8.saturating_add(u8::try_from(*signal).unwrap_or(0)),
+    }
+}
+
+pub fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        _ => "a signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_ending_has_its_status() {
+        assert_eq!(exit_code(&Ending::Success), 0);
+        assert_eq!(exit_code(&Ending::StageFailed), 1);
+        assert_eq!(exit_code(&Ending::Input("x".into())), 2);
+        let invalid = chainlink::Error::Invalid(chainlink::Problems(vec![]));
+        assert_eq!(exit_code(&Ending::Library(invalid)), 2);
+        let unavailable = chainlink::Error::EngineUnavailable(chainlink::EngineError::new(
+            chainlink::EngineErrorKind::Unavailable,
+            "gone",
+        ));
+        assert_eq!(exit_code(&Ending::Library(unavailable)), 3);
+        assert_eq!(exit_code(&Ending::Interrupted(libc::SIGINT)), 130);
+        assert_eq!(exit_code(&Ending::Interrupted(libc::SIGTERM)), 143);
+    }
+}
