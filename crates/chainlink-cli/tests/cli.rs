@@ -1,0 +1,712 @@
+//! The `chainlink` binary against the real Docker engine and the local test images
+//! (`bash scripts/build-test-images.sh`). Each test has its own temporary directory and workdir,
+//! and checks only its own run's leftovers: the run directory under its workdir, and containers
+//! whose `org.chainlink.run` label starts with the CLI process's pid (a run id is
+//! `<pid>-<process start time>-<sequence>`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const IMAGE: &str = "chainlink-test/busybox";
+const UNREACHABLE: &str = "unix:///nonexistent.sock";
+/// Longest any one CLI invocation may take before the test gives up on it.
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// A test's own directory: chain files, a workdir, a logs dir.
+struct Case {
+    dir: tempfile::TempDir,
+}
+
+impl Case {
+    fn new() -> Case {
+        let dir = tempfile::Builder::new().prefix("chainlink-cli-test").tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("work")).unwrap();
+        Case { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn workdir(&self) -> PathBuf {
+        self.path("work")
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// `chainlink run FILE --workdir WORK --pull never ARGS...`
+    fn run(&self, file: &Path, args: &[&str]) -> Ran {
+        let mut all = vec!["run".to_string(), file.display().to_string()];
+        all.extend(["--workdir".to_string(), self.workdir().display().to_string()]);
+        all.extend(["--pull".to_string(), "never".to_string()]);
+        all.extend(args.iter().map(|a| a.to_string()));
+        chainlink(&all, &[])
+    }
+
+    /// What the test's workdir still holds.
+    fn workdir_entries(&self) -> Vec<String> {
+        entries(&self.workdir())
+    }
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+/// What one CLI invocation did.
+struct Ran {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    pid: u32,
+}
+
+impl Ran {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    fn json(&self) -> Vec<Value> {
+        match serde_json::from_str(&self.stdout) {
+            Ok(Value::Array(items)) => items,
+            other => panic!("stdout is not a JSON array ({other:?}):\n{}\nstderr:\n{}", self.stdout, self.stderr),
+        }
+    }
+
+    fn show(&self) -> String {
+        format!("status {:?}\n--- stdout\n{}\n--- stderr\n{}", self.status, self.stdout, self.stderr)
+    }
+}
+
+fn command(args: &[String], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chainlink"));
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    cmd
+}
+
+fn chainlink(args: &[String], env: &[(&str, &str)]) -> Ran {
+    let child = command(args, env).spawn().unwrap();
+    let pid = child.id();
+    let output = wait_output(child);
+    Ran {
+        status: output.status,
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+        pid,
+    }
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+/// `wait_with_output` with a deadline, so that a hung CLI fails the test instead of hanging it.
+fn wait_output(child: Child) -> std::process::Output {
+    let pid = child.id();
+    let (done, waited) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match waited.recv_timeout(PATIENCE) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            signal(pid, libc::SIGKILL);
+            panic!("chainlink (pid {pid}) did not finish within {PATIENCE:?}");
+        }
+    }
+}
+
+fn signal(pid: u32, number: i32) {
+    // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, number) };
+    assert_eq!(rc, 0, "kill({pid}, {number}) failed");
+}
+
+/// A CLI run whose standard error is read line by line while it goes.
+struct Watched {
+    child: Option<Child>,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Watched {
+    fn start(args: &[String]) -> Watched {
+        let mut child = command(args, &[]).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (send, lines) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Watched { child: Some(child), lines, seen: Vec::new(), reader: Some(reader) }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Waits for a line of standard error holding `needle`.
+    fn wait_for(&mut self, needle: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.seen.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    signal(self.pid(), libc::SIGKILL);
+                    panic!("no line with {needle:?} on stderr; got:\n{}", self.seen.join("\n"));
+                }
+            }
+        }
+    }
+
+    /// Waits for the process to end; its exit status and all of its standard error.
+    fn finish(mut self) -> (ExitStatus, String) {
+        let child = self.child.take().unwrap();
+        let output = wait_output(child);
+        self.reader.take().unwrap().join().unwrap();
+        self.seen.extend(self.lines.try_iter());
+        (output.status, self.seen.join("\n"))
+    }
+}
+
+/// Names of containers, running or not, of runs of the CLI process `pid`.
+fn containers_of_process(pid: u32) -> Vec<String> {
+    docker_containers("label=org.chainlink.managed")
+        .into_iter()
+        .filter(|(_, run)| run.starts_with(&format!("{pid}-")))
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// Names of containers of the run `run`.
+fn containers_of_run(run: &str) -> Vec<String> {
+    docker_containers(&format!("label=org.chainlink.run={run}")).into_iter().map(|(name, _)| name).collect()
+}
+
+/// (name, run label) of the containers matching a `docker ps` filter.
+fn docker_containers(filter: &str) -> Vec<(String, String)> {
+    let out = Command::new("docker")
+        .args(["ps", "-a", "--filter", filter, "--format", "{{.Names}} {{.Label \"org.chainlink.run\"}}"])
+        .output()
+        .expect("docker CLI");
+    assert!(out.status.success(), "docker ps failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(n, r)| (n.to_string(), r.to_string())))
+        .collect()
+}
+
+/// Checks that a finished CLI process left no container and no run directory behind.
+fn assert_nothing_left(case: &Case, ran: &Ran) {
+    assert_eq!(case.workdir_entries(), Vec::<String>::new(), "run directories left in the workdir\n{}", ran.show());
+    assert_eq!(containers_of_process(ran.pid), Vec::<String>::new(), "containers left\n{}", ran.show());
+}
+
+/// The run id of the one run directory under `workdir`.
+fn run_id_in(workdir: &Path) -> String {
+    let names = entries(workdir);
+    assert_eq!(names.len(), 1, "expected one run directory, found {names:?}");
+    names[0].strip_prefix("chainlink-run-").expect("a run directory").to_string()
+}
+
+fn position(haystack: &str, needle: &str) -> usize {
+    haystack.find(needle).unwrap_or_else(|| panic!("{needle:?} not found in:\n{haystack}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exit status 0 and 1, and the JSON results.
+
+#[test]
+fn a_chain_that_succeeds_exits_0_with_file_env_overridden_by_flags() {
+    let case = Case::new();
+    let file = case.file(
+        "chain.yaml",
+        &format!(
+            "env: {{A: from-file, B: from-file}}\nstages:\n\
+             - image: {IMAGE}\n  entrypoint: [sh, -c, 'echo \"$A $B\" > /job/greeting']\n\
+             - image: {IMAGE}\n  entrypoint: [cat, /job/greeting]\n"
+        ),
+    );
+    let ran = case.run(&file, &["--json", "--env", "B=from-flag"]);
+    assert_eq!(ran.code(), Some(0), "{}", ran.show());
+    let results = ran.json();
+    assert_eq!(results.len(), 2);
+    let stdout = results[1]["logs"]["stdout"].as_str().unwrap();
+    assert!(stdout.ends_with(" from-file from-flag\n"), "{stdout:?}");
+    for (i, line) in [(1, "[1/2] chainlink-test/busybox: started"), (2, "[2/2] chainlink-test/busybox: ok, ")] {
+        assert!(ran.stderr.contains(line), "line {i} missing\n{}", ran.show());
+    }
+    assert!(!ran.stderr.contains("stdout]"), "output lines without --follow\n{}", ran.show());
+    assert_nothing_left(&case, &ran);
+}
+
+#[test]
+fn json_results_hold_the_library_fields_and_logs_as_text() {
+    let case = Case::new();
+    let file = case.file(
+        "chain.json",
+        &format!(
+            r#"[{{"image": "{IMAGE}", "entrypoint": ["sh", "-c", "echo out; echo err >&2"]}},
+                {{"image": "{IMAGE}", "entrypoint": ["echo", "secret"], "logs": false}}]"#
+        ),
+    );
+    let ran = case.run(&file, &["--json"]);
+    assert_eq!(ran.code(), Some(0), "{}", ran.show());
+    let results = ran.json();
+    assert_eq!(results.len(), 2);
+    for result in &results {
+        let mut keys: Vec<&str> = result.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["data", "killed", "logs", "skipped", "success", "truncated"]);
+        assert_eq!(result["data"]["ExitCode"], 0);
+        assert_eq!(result["data"]["Status"], "exited");
+        assert_eq!((&result["success"], &result["killed"], &result["skipped"]), (&Value::Bool(true), &Value::Bool(false), &Value::Bool(false)));
+        assert_eq!(result["truncated"], false);
+    }
+    let logs = &results[0]["logs"];
+    let out = logs["stdout"].as_str().unwrap();
+    let err = logs["stderr"].as_str().unwrap();
+    // Each line carries the engine's RFC 3339 timestamp.
+    assert!(out.starts_with("20") && out.contains("Z out\n"), "{out:?}");
+    assert!(err.contains("Z err\n") && !err.contains("out"), "{err:?}");
+    assert_eq!(results[1]["logs"], Value::Null, "a stage with logs: false has null logs");
+    assert!(!ran.stdout.contains("secret"));
+}
+
+#[test]
+fn a_failed_stage_exits_1_and_the_rest_are_skipped() {
+    let case = Case::new();
+    let file = case.file(
+        "chain.yaml",
+        &format!(
+            "- image: {IMAGE}\n  entrypoint: [sh, -c, 'exit 3']\n\
+             - image: {IMAGE}\n  entrypoint: [touch, /job/never]\n"
+        ),
+    );
+    let ran = case.run(&file, &["--json"]);
+    assert_eq!(ran.code(), Some(1), "{}", ran.show());
+    assert!(ran.stderr.contains("[1/2] chainlink-test/busybox: exit 3, "), "{}", ran.show());
+    assert!(ran.stderr.contains("[2/2] chainlink-test/busybox: skipped"), "{}", ran.show());
+    assert!(!ran.stderr.contains("chainlink: error:"), "a failed stage is not an error\n{}", ran.show());
+    let results = ran.json();
+    assert_eq!(results[0]["success"], false);
+    assert_eq!(results[0]["data"]["ExitCode"], 3);
+    assert_eq!(results[1]["skipped"], true);
+    assert_eq!(results[1]["data"], Value::Null);
+    assert_nothing_left(&case, &ran);
+}
+
+#[test]
+fn a_timeout_exits_1_and_names_the_timeout() {
+    let case = Case::new();
+    let file = case.file("chain.yaml", &format!("- image: {IMAGE}\n  entrypoint: [sleep, '30']\n  timeout: 1\n"));
+    let started = Instant::now();
+    let ran = case.run(&file, &["--json"]);
+    assert_eq!(ran.code(), Some(1), "{}", ran.show());
+    assert!(started.elapsed() < Duration::from_secs(25), "the stage was not killed at its timeout");
+    assert!(ran.stderr.contains("[1/1] chainlink-test/busybox: killed after 1 s (timeout)"), "{}", ran.show());
+    assert_eq!(ran.json()[0]["killed"], true);
+    assert_nothing_left(&case, &ran);
+}
+
+#[test]
+fn an_oom_kill_exits_1_and_says_oom() {
+    let case = Case::new();
+    let file = case.file(
+        "chain.yaml",
+        &format!(
+            "- image: {IMAGE}\n  memory: 16m\n  timeout: 20\n  \
+             entrypoint: [sh, -c, 'x=$(head -c 100000000 /dev/zero | tr \"\\0\" a); echo ${{#x}}']\n"
+        ),
+    );
+    let ran = case.run(&file, &["--json"]);
+    assert_eq!(ran.code(), Some(1), "{}", ran.show());
+    assert!(ran.stderr.contains("[1/1] chainlink-test/busybox: OOM, "), "{}", ran.show());
+    assert_eq!(ran.json()[0]["data"]["OOMKilled"], true);
+    assert_nothing_left(&case, &ran);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exit status 2: invalid input, before the engine is touched.
+
+#[test]
+fn syntax_errors_exit_2_with_line_and_column() {
+    let case = Case::new();
+    let yaml = case.file("bad.yaml", "- image: busybox\n  entrypoint: [unclosed\n");
+    let json = case.file("bad.json", "[{\"image\": }]");
+    for (file, location, format) in [(&yaml, "bad.yaml:3:1: ", "YAML"), (&json, "bad.json:1:12: ", "JSON")] {
+        for sub in ["run", "validate"] {
+            // An unreachable engine shows that nothing is tried before the input is read.
+            let ran = chainlink(&strings(&[sub, file.to_str().unwrap()]), &[("DOCKER_HOST", UNREACHABLE)]);
+            assert_eq!(ran.code(), Some(2), "{sub} {}", ran.show());
+            let expected = format!("chainlink: error: {}/{location}failed to parse {format}: ", case.dir.path().display());
+            assert!(ran.stderr.contains(&expected), "{sub}: expected {expected:?}\n{}", ran.show());
+        }
+    }
+}
+
+#[test]
+fn spec_problems_exit_2_listing_every_one_at_once() {
+    let case = Case::new();
+    let file = case.file(
+        "chain.yaml",
+        "- image: busybox\n  timout: 3\n- networking: 'yes'\n  memory: 1m\n- image: busybox\n  env: {N: 1}\n",
+    );
+    let run = chainlink(&strings(&["run", file.to_str().unwrap()]), &[("DOCKER_HOST", UNREACHABLE)]);
+    let validate = chainlink(&strings(&["validate", file.to_str().unwrap()]), &[]);
+    for ran in [&run, &validate] {
+        assert_eq!(ran.code(), Some(2), "{}", ran.show());
+        for expected in [
+            "invalid chain: 5 problems in the chain:",
+            "stages[0].timout: expected one of the stage keys (did you mean `timeout`?)",
+            "stages[1].image: expected an image name",
+            "stages[1].networking: expected true or false, got \"yes\"",
+            "stages[1].memory: expected at least 6m",
+            "stages[2].env: expected string values, got N: 1",
+        ] {
+            assert!(ran.stderr.contains(expected), "missing {expected:?}\n{}", ran.show());
+        }
+    }
+    assert_eq!(run.stderr, validate.stderr, "run and validate report the same problems");
+}
+
+#[test]
+fn unreadable_files_bad_flags_and_bad_workdirs_exit_2() {
+    let case = Case::new();
+    let missing = case.path("missing.yaml");
+    let ran = chainlink(&strings(&["run", missing.to_str().unwrap()]), &[]);
+    assert_eq!(ran.code(), Some(2), "{}", ran.show());
+    assert!(ran.stderr.contains("chainlink: error: cannot read ") && ran.stderr.contains("missing.yaml"), "{}", ran.show());
+
+    let file = case.file("chain.yaml", &format!("- image: {IMAGE}\n"));
+    for bad in [&["--env", "NOEQUALS"][..], &["--pull", "sometimes"][..], &["--follow", "--quiet"][..]] {
+        let ran = case.run(&file, bad);
+        assert_eq!(ran.code(), Some(2), "{bad:?}: {}", ran.show());
+    }
+
+    let ran = chainlink(&strings(&["run", file.to_str().unwrap(), "--workdir", missing.to_str().unwrap(), "--pull", "never"]), &[]);
+    assert_eq!(ran.code(), Some(2), "{}", ran.show());
+    assert!(ran.stderr.contains("workdir: expected an existing directory"), "{}", ran.show());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exit status 3: the engine.
+
+#[test]
+fn an_unreachable_engine_exits_3() {
+    let case = Case::new();
+    let file = case.file("chain.yaml", &format!("- image: {IMAGE}\n"));
+    let env = [("DOCKER_HOST", UNREACHABLE)];
+    let run = chainlink(&strings(&["run", file.to_str().unwrap(), "--workdir", case.workdir().to_str().unwrap()]), &env);
+    let gc = chainlink(&strings(&["gc", "--workdir", case.workdir().to_str().unwrap()]), &env);
+    for ran in [run, gc] {
+        assert_eq!(ran.code(), Some(3), "{}", ran.show());
+        assert!(ran.stderr.contains("chainlink: error: failed to connect to the Docker engine"), "{}", ran.show());
+        assert!(ran.stderr.contains("/nonexistent.sock"), "{}", ran.show());
+    }
+}
+
+#[test]
+fn an_unavailable_image_exits_3_naming_it() {
+    let case = Case::new();
+    let file = case.file("chain.yaml", &format!("- image: {IMAGE}\n- image: chainlink-test/does-not-exist\n"));
+    let ran = case.run(&file, &[]);
+    assert_eq!(ran.code(), Some(3), "{}", ran.show());
+    assert!(ran.stderr.contains("chainlink: error: failed to get image chainlink-test/does-not-exist"), "{}", ran.show());
+    assert!(!ran.stderr.contains("started"), "no stage runs when an image is missing\n{}", ran.show());
+    assert_nothing_left(&case, &ran);
+}
+
+#[test]
+fn an_engine_error_during_a_stage_exits_3_and_cleans_up() {
+    let case = Case::new();
+    let file = case.file(
+        "chain.yaml",
+        &format!("- image: {IMAGE}\n  entrypoint: ['true']\n- image: {IMAGE}\n  runtime: no-such-runtime\n"),
+    );
+    let ran = case.run(&file, &["--json"]);
+    assert_eq!(ran.code(), Some(3), "{}", ran.show());
+    assert!(ran.stderr.contains("chainlink: error: failed to run stages[1] (chainlink-test/busybox): "), "{}", ran.show());
+    // The stages that finished are still reported.
+    let results = ran.json();
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0]["success"], true);
+    assert_nothing_left(&case, &ran);
+}
+
+// ---------------------------------------------------------------------------------------------
+// What is shown: --follow, --quiet, --logs-dir.
+
+#[test]
+fn follow_streams_output_lines_in_order_stage_by_stage() {
+    let case = Case::new();
+    let file = case.file(
+        "chain.yaml",
+        &format!(
+            "- image: {IMAGE}\n  entrypoint: [sh, -c, 'echo a1; echo a2; echo e1 >&2; echo a3']\n\
+             - image: {IMAGE}\n  entrypoint: [sh, -c, 'echo b1; echo b2']\n"
+        ),
+    );
+    let ran = case.run(&file, &["--follow"]);
+    assert_eq!(ran.code(), Some(0), "{}", ran.show());
+    let err = &ran.stderr;
+    let a: Vec<usize> = ["a1", "a2", "a3"].iter().map(|l| position(err, &format!("Z {l}\n"))).collect();
+    let b: Vec<usize> = ["b1", "b2"].iter().map(|l| position(err, &format!("Z {l}\n"))).collect();
+    assert!(a.windows(2).all(|w| w[0] < w[1]) && b[0] < b[1], "stdout lines out of order\n{err}");
+    assert!(a[2] < b[0], "stage 1's lines come before stage 2's\n{err}");
+    let stage2_started = position(err, "[2/2] chainlink-test/busybox: started");
+    assert!(a[2] < stage2_started && stage2_started < b[0], "{err}");
+    // Lines are marked with their stage and stream, and keep the engine's timestamp.
+    for line in err.lines().filter(|l| l.ends_with("Z a1") || l.ends_with("Z e1") || l.ends_with("Z b2")) {
+        let (mark, rest) = line.split_once("] ").unwrap();
+        assert!(["[1/2 stdout", "[1/2 stderr", "[2/2 stdout"].contains(&mark), "{line}");
+        assert!(rest.starts_with("20") && rest.as_bytes()[10] == b'T', "{line}");
+    }
+    assert!(err.contains("[1/2 stderr] ") && err.lines().any(|l| l.starts_with("[1/2 stderr] ") && l.ends_with("Z e1")), "{err}");
+    assert!(ran.stdout.is_empty(), "nothing on stdout without --json: {:?}", ran.stdout);
+}
+
+#[test]
+fn quiet_prints_only_errors() {
+    let case = Case::new();
+    let ok = case.file("ok.yaml", &format!("- image: {IMAGE}\n  entrypoint: ['true']\n"));
+    let ran = case.run(&ok, &["--quiet"]);
+    assert_eq!(ran.code(), Some(0), "{}", ran.show());
+    assert_eq!(ran.stderr, "");
+    let failing = case.file("fail.yaml", &format!("- image: {IMAGE}\n  entrypoint: ['false']\n"));
+    let ran = case.run(&failing, &["--quiet", "--json"]);
+    assert_eq!(ran.code(), Some(1), "{}", ran.show());
+    assert_eq!(ran.stderr, "");
+    assert_eq!(ran.json()[0]["success"], false, "--json still reports on stdout");
+    let missing = case.file("missing.yaml", "- image: chainlink-test/does-not-exist\n");
+    let ran = case.run(&missing, &["--quiet"]);
+    assert_eq!(ran.code(), Some(3), "{}", ran.show());
+    assert!(ran.stderr.starts_with("chainlink: error: failed to get image"), "{}", ran.show());
+    assert_eq!(ran.stderr.lines().count(), 1, "{}", ran.show());
+}
+
+#[test]
+fn logs_dir_gets_each_stages_raw_output() {
+    let case = Case::new();
+    let file = case.file(
+        "chain.yaml",
+        &format!(
+            "- image: {IMAGE}\n  entrypoint: [sh, -c, 'echo out1; echo err1 >&2']\n\
+             - image: {IMAGE}\n  entrypoint: [echo, hidden]\n  logs: false\n\
+             - image: {IMAGE}\n  entrypoint: [sh, -c, 'echo err3 >&2']\n"
+        ),
+    );
+    let logs = case.path("logs/nested");
+    let ran = case.run(&file, &["--json", "--logs-dir", logs.to_str().unwrap()]);
+    assert_eq!(ran.code(), Some(0), "{}", ran.show());
+    assert_eq!(entries(&logs), ["stage-1.stderr", "stage-1.stdout", "stage-3.stderr", "stage-3.stdout"]);
+    let read = |name: &str| std::fs::read_to_string(logs.join(name)).unwrap();
+    assert!(read("stage-1.stdout").ends_with("Z out1\n"), "{:?}", read("stage-1.stdout"));
+    assert!(read("stage-1.stderr").ends_with("Z err1\n"), "{:?}", read("stage-1.stderr"));
+    assert!(read("stage-3.stderr").ends_with("Z err3\n"), "{:?}", read("stage-3.stderr"));
+    assert_eq!(read("stage-3.stdout"), "");
+    // The files hold what the JSON holds.
+    let results = ran.json();
+    assert_eq!(results[0]["logs"]["stdout"].as_str().unwrap(), read("stage-1.stdout"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signals: the run is cancelled, its container and directory removed.
+
+fn long_chain(case: &Case) -> PathBuf {
+    case.file(
+        "long.yaml",
+        &format!(
+            "- image: {IMAGE}\n  entrypoint: [sleep, '60']\n  timeout: 120\n\
+             - image: {IMAGE}\n  entrypoint: [touch, /job/never]\n"
+        ),
+    )
+}
+
+fn run_args(case: &Case, file: &Path) -> Vec<String> {
+    strings(&["run", file.to_str().unwrap(), "--workdir", case.workdir().to_str().unwrap(), "--pull", "never"])
+}
+
+/// Starts the long chain, waits for its first stage to run, sends `number`, and checks that
+/// the CLI exits with `code` having removed the stage's container and the run directory.
+fn cancel_with(number: i32, code: i32, name: &str) {
+    let case = Case::new();
+    let file = long_chain(&case);
+    let mut cli = Watched::start(&run_args(&case, &file));
+    cli.wait_for("[1/2] chainlink-test/busybox: started");
+    let run = run_id_in(&case.workdir());
+    assert_eq!(containers_of_run(&run).len(), 1, "the stage's container exists while it runs");
+    let sent = Instant::now();
+    signal(cli.pid(), number);
+    let (status, stderr) = cli.finish();
+    assert_eq!(status.code(), Some(code), "{stderr}");
+    assert!(sent.elapsed() < Duration::from_secs(30), "cancellation took {:?}", sent.elapsed());
+    assert!(stderr.contains(&format!("chainlink: error: interrupted by {name}")), "{stderr}");
+    assert!(!stderr.contains("[2/2]"), "no stage after the cancelled one\n{stderr}");
+    assert_eq!(containers_of_run(&run), Vec::<String>::new(), "containers of run {run} left\n{stderr}");
+    assert_eq!(case.workdir_entries(), Vec::<String>::new(), "run directory left\n{stderr}");
+}
+
+#[test]
+fn sigint_during_a_stage_exits_130_and_leaves_nothing() {
+    cancel_with(libc::SIGINT, 130, "SIGINT");
+}
+
+#[test]
+fn sigterm_during_a_stage_exits_143_and_leaves_nothing() {
+    cancel_with(libc::SIGTERM, 143, "SIGTERM");
+}
+
+#[test]
+fn a_second_sigint_exits_at_once_and_gc_removes_the_rest() {
+    let case = Case::new();
+    let file = long_chain(&case);
+    let mut cli = Watched::start(&run_args(&case, &file));
+    cli.wait_for("[1/2] chainlink-test/busybox: started");
+    let run = run_id_in(&case.workdir());
+    signal(cli.pid(), libc::SIGINT);
+    cli.wait_for("Ctrl-C again to exit at once");
+    signal(cli.pid(), libc::SIGINT);
+    let (status, stderr) = cli.finish();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(!stderr.contains("chainlink: error: interrupted"), "the second Ctrl-C did not wait for cleanup\n{stderr}");
+    let gc = chainlink(&strings(&["gc", "--workdir", case.workdir().to_str().unwrap()]), &[]);
+    assert_eq!(gc.code(), Some(0), "{}", gc.show());
+    assert_eq!(containers_of_run(&run), Vec::<String>::new());
+    assert_eq!(case.workdir_entries(), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Leftovers of dead runs: `gc`, and the sweep at the start of `run`.
+
+#[test]
+fn gc_removes_what_a_killed_run_left() {
+    let case = Case::new();
+    let file = long_chain(&case);
+    let mut cli = Watched::start(&run_args(&case, &file));
+    cli.wait_for("[1/2] chainlink-test/busybox: started");
+    let run = run_id_in(&case.workdir());
+    // SIGKILL: the CLI gets no chance to clean up.
+    signal(cli.pid(), libc::SIGKILL);
+    let (status, _) = cli.finish();
+    assert_eq!(status.code(), None, "killed by a signal");
+    // The container is left too, but a concurrent test's `run` may sweep it at any moment
+    // (its owner is dead): only the directory, under this test's workdir, is certain.
+    assert_eq!(case.workdir_entries().len(), 1, "a killed CLI leaves its run directory");
+
+    let gc = chainlink(&strings(&["gc", "--workdir", case.workdir().to_str().unwrap()]), &[]);
+    assert_eq!(gc.code(), Some(0), "{}", gc.show());
+    let dir = case.workdir().join(format!("chainlink-run-{run}"));
+    assert!(gc.stdout.contains(&format!("removed directory {}\n", dir.display())), "{}", gc.show());
+    assert_eq!(containers_of_run(&run), Vec::<String>::new(), "{}", gc.show());
+    assert_eq!(case.workdir_entries(), Vec::<String>::new());
+
+    let again = chainlink(&strings(&["gc", "--workdir", case.workdir().to_str().unwrap()]), &[]);
+    assert_eq!(again.code(), Some(0), "{}", again.show());
+    assert!(!again.stdout.contains("removed directory"), "{}", again.show());
+}
+
+#[test]
+fn run_sweeps_dead_runs_in_its_workdir_first() {
+    let case = Case::new();
+    // A run directory of a process that is gone: a real pid that has exited, a start time
+    // that never was.
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let dead = case.workdir().join(format!("chainlink-run-{}-1-0", gone.id()));
+    std::fs::create_dir_all(dead.join("nested")).unwrap();
+    std::fs::write(dead.join("nested/file"), "left over").unwrap();
+    // And one that is not a run directory at all.
+    std::fs::create_dir(case.workdir().join("keep-me")).unwrap();
+
+    let file = case.file("chain.yaml", &format!("- image: {IMAGE}\n  entrypoint: ['true']\n"));
+    let ran = case.run(&file, &[]);
+    assert_eq!(ran.code(), Some(0), "{}", ran.show());
+    assert!(ran.stderr.contains(&format!("removed directory {} left by a dead run", dead.display())), "{}", ran.show());
+    assert_eq!(case.workdir_entries(), ["keep-me"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// validate, help, version.
+
+#[test]
+fn validate_checks_without_the_engine() {
+    let case = Case::new();
+    let file = case.file("chain.yaml", &format!("- image: {IMAGE}\n- image: {IMAGE}\n  timeout: 2.5\n"));
+    let env = [("DOCKER_HOST", UNREACHABLE)];
+    let ran = chainlink(&strings(&["validate", file.to_str().unwrap()]), &env);
+    assert_eq!(ran.code(), Some(0), "{}", ran.show());
+    assert_eq!(ran.stdout, "ok: 2 stages\n");
+
+    // `-` reads standard input.
+    let mut child = command(&strings(&["validate", "-"]), &env).stdin(Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"stages: [{image: busybox}]\nenv: {A: b}\n").unwrap();
+    let output = wait_output(child);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "ok: 1 stage\n");
+
+    // The examples are valid chains.
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    for (name, stages) in [("hello.yaml", 2), ("autograder.yaml", 3)] {
+        let ran = chainlink(&strings(&["validate", examples.join(name).to_str().unwrap()]), &env);
+        assert_eq!(ran.code(), Some(0), "{name}: {}", ran.show());
+        assert_eq!(ran.stdout, format!("ok: {stages} stages\n"));
+    }
+}
+
+#[test]
+fn the_autograder_example_grades_its_submission() {
+    let case = Case::new();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/autograder.yaml");
+    let ran = case.run(&example, &["--json"]);
+    assert_eq!(ran.code(), Some(0), "{}", ran.show());
+    let results = ran.json();
+    assert_eq!(results.len(), 3);
+    let printed = results[2]["logs"]["stdout"].as_str().unwrap();
+    let report: Value = serde_json::from_str(printed.split_once(' ').unwrap().1).unwrap();
+    assert_eq!(report["passed"], 4);
+    assert_eq!(report["score"], 100);
+    assert_nothing_left(&case, &ran);
+}
+
+#[test]
+fn help_shows_examples_and_version_prints() {
+    for sub in ["run", "validate", "gc"] {
+        let ran = chainlink(&strings(&[sub, "--help"]), &[]);
+        assert_eq!(ran.code(), Some(0), "{}", ran.show());
+        let example = &ran.stdout[ran.stdout.find("Example:\n").expect("an example")..];
+        assert!(example.contains("\n  $ chainlink "), "{sub} --help has no example command\n{}", ran.stdout);
+    }
+    let ran = chainlink(&strings(&["--version"]), &[]);
+    assert_eq!(ran.code(), Some(0));
+    assert_eq!(ran.stdout, format!("chainlink {}\n", env!("CARGO_PKG_VERSION")));
+}
