@@ -564,7 +564,7 @@ fn cancel_with(number: i32, code: i32, name: &str) {
     let mut cli = Watched::start(&run_args(&case, &file));
     cli.wait_for("[1/2] chainlink-test/busybox: started");
     let run = run_id_in(&case.workdir());
-    assert_eq!(containers_of_run(&run).len(), 1, "the stage's container exists while it runs");
+    assert!(!containers_of_run(&run).is_empty(), "the stage's container exists while it runs");
     let sent = Instant::now();
     signal(cli.pid(), number);
     let (status, stderr) = cli.finish();
