@@ -129,6 +129,8 @@ pub(crate) fn container_labels(run: &RunId, stage: Option<usize>) -> BTreeMap<St
 struct Held {
     containers: Vec<String>,
     workspace: Option<PathBuf>,
+    /// Removals going on in the background, awaited before the run returns.
+    removals: Vec<tokio::task::JoinHandle<()>>,
     done: bool,
 }
 
@@ -152,15 +154,26 @@ impl RunGuard {
         self.held.lock().unwrap().containers.push(container.to_string());
     }
 
-    /// Removes one container now and forgets it.
-    pub(crate) async fn release(&self, container: &str) -> Result<(), EngineError> {
-        self.engine.remove(container).await?;
-        self.held.lock().unwrap().containers.retain(|c| c != container);
-        Ok(())
+    /// Removes one container in the background, off the run's critical path; it stays held
+    /// (and so is removed by [`RunGuard::cleanup`] or the drop) until the removal succeeds.
+    pub(crate) fn release_in_background(&self, container: &str) {
+        let engine = self.engine.clone();
+        let held = self.held.clone();
+        let container = container.to_string();
+        let removal = tokio::spawn(async move {
+            if engine.remove(&container).await.is_ok() {
+                held.lock().unwrap().containers.retain(|c| *c != container);
+            }
+        });
+        self.held.lock().unwrap().removals.push(removal);
     }
 
     /// Removes every container still held and the workspace. Safe to call more than once.
     pub(crate) async fn cleanup(&self) -> Result<(), CleanupError> {
+        let removals = std::mem::take(&mut self.held.lock().unwrap().removals);
+        for removal in removals {
+            let _ = removal.await;
+        }
         let (containers, workspace) = {
             let held = self.held.lock().unwrap();
             (held.containers.clone(), held.workspace.clone())
