@@ -82,8 +82,10 @@ impl OutputBuffer {
 
     pub(crate) fn finish(mut self) -> Output {
         if self.dropped > 0 {
+            // Timestamped like every other line, so line parsers need no special case.
             let marker = format!(
-                "[chainlink] output truncated: {} bytes dropped after the first {} bytes (output_limit {})\n",
+                "{} [chainlink] output truncated: {} bytes dropped after the first {} bytes (output_limit {})\n",
+                rfc3339_now(),
                 self.dropped,
                 self.kept.len(),
                 self.limit
@@ -92,6 +94,29 @@ impl OutputBuffer {
         }
         Output { bytes: self.kept, dropped: self.dropped }
     }
+}
+
+/// The current UTC time as the engine writes log timestamps (`2026-11-28T14:02:03.123456789Z`).
+fn rfc3339_now() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (days, secs) = ((now.as_secs() / 86_400) as i64, now.as_secs() % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        now.subsec_nanos()
+    )
 }
 
 /// What one stage of a run produced.
@@ -184,7 +209,12 @@ mod tests {
         buffer.push(b"1\n");
         let output = buffer.finish();
         assert_eq!(output.dropped, 8);
-        assert!(output.bytes.starts_with(b"12345\n[chainlink] output truncated: 8 bytes dropped"));
+        let text = String::from_utf8(output.bytes).unwrap();
+        let (kept, marker) = text.split_once('\n').unwrap();
+        assert_eq!(kept, "12345");
+        let (stamp, message) = marker.split_once(' ').unwrap();
+        assert!(stamp.len() == 30 && stamp.ends_with('Z') && &stamp[10..11] == "T", "{stamp}");
+        assert!(message.starts_with("[chainlink] output truncated: 8 bytes dropped"), "{message}");
         let mut small = OutputBuffer::new(10);
         small.push(b"abc\n");
         assert_eq!(small.finish(), Output { bytes: b"abc\n".to_vec(), dropped: 0 });

@@ -37,22 +37,21 @@ impl Workspace {
     }
 }
 
-/// Checks that `workdir` can hold run directories: it exists, is a directory, and is writable.
+/// Checks that `workdir` can hold run directories: it exists, is a directory, and a directory
+/// can be made in it (tried for real: permission bits say nothing of read-only mounts, and
+/// root passes every access check).
 pub fn check_workdir(workdir: &Path) -> Result<(), String> {
     let meta = std::fs::metadata(workdir).map_err(|e| format!("{} ({e})", workdir.display()))?;
     if !meta.is_dir() {
         return Err(format!("{} (not a directory)", workdir.display()));
     }
-    if unsafe_access_w(workdir) {
-        Ok(())
-    } else {
-        Err(format!("{} (not writable by this user)", workdir.display()))
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    let probe = workdir.join(format!(".chainlink-probe-{}-{nanos}", std::process::id()));
+    match std::fs::create_dir(&probe) {
+        Ok(()) => {
+            let _ = std::fs::remove_dir(&probe);
+            Ok(())
+        }
+        Err(e) => Err(format!("{} (cannot create a directory in it: {e})", workdir.display())),
     }
-}
-
-fn unsafe_access_w(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
-    // SAFETY: c_path is a valid NUL-terminated string for the duration of the call.
-    unsafe { libc::access(c_path.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
