@@ -1,0 +1,153 @@
+"""Construction: the module's surface, input validation, env conversion, images, the engine."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import chainlink
+from chainlink import (
+    Chainlink,
+    ChainlinkError,
+    EngineError,
+    EngineUnavailable,
+    ImageNotFound,
+    InvalidStage,
+)
+
+from conftest import IMAGE, assert_no_leftovers, stage
+
+
+def test_the_module_exports_chainlink_and_a_small_exception_hierarchy():
+    assert chainlink.Chainlink is Chainlink
+    for exc in (EngineUnavailable, ImageNotFound, InvalidStage, EngineError):
+        assert issubclass(exc, ChainlinkError)
+    assert issubclass(InvalidStage, ValueError)
+    assert not issubclass(EngineError, ValueError)
+    assert issubclass(ChainlinkError, Exception)
+
+
+def test_the_package_is_typed():
+    from pathlib import Path
+
+    package = Path(chainlink.__file__).parent
+    assert (package / "py.typed").exists()
+    assert (package / "_chainlink.pyi").exists()
+
+
+def test_a_valid_chain_is_built_with_its_images_and_workdir(workdir):
+    chain = Chainlink([stage("true"), stage("true"), {"image": "chainlink-test/busybox-entrypoint"}], workdir=str(workdir))
+    assert len(chain) == 3
+    assert chain.images == [IMAGE, "chainlink-test/busybox-entrypoint"]
+    assert chain.workdir == str(workdir)
+    # A pathlib.Path is a workdir too.
+    assert Chainlink([stage("true")], workdir=workdir).workdir == str(workdir)
+    assert_no_leftovers(workdir)
+
+
+def test_invalid_stages_raise_invalid_stage_listing_every_problem(workdir):
+    stages = [
+        {"image": IMAGE, "timout": 3, "memory": "lots"},
+        {"timeout": "30s", "networking": "yes"},
+        {"image": IMAGE, "entrypoint": [], "cpuset_cpus": "a-b"},
+    ]
+    with pytest.raises(InvalidStage) as caught:
+        Chainlink(stages, workdir=str(workdir))
+    error = caught.value
+    assert isinstance(error, ValueError) and isinstance(error, ChainlinkError)
+    message = str(error)
+    for expected in (
+        "stages[0].timout",
+        "did you mean `timeout`",
+        "stages[0].memory",
+        "stages[1].image",
+        "stages[1].timeout",
+        "stages[1].networking",
+        "stages[2].entrypoint",
+        "stages[2].cpuset_cpus",
+    ):
+        assert expected in message, f"{expected!r} missing from:\n{message}"
+    assert message.startswith("7 problems in the chain:"), message
+    assert len(error.problems) == 7
+    assert all(line in message for line in error.problems)
+    # ValueError handlers catch it, as the seed's callers may expect.
+    with pytest.raises(ValueError):
+        Chainlink([{"image": ""}], workdir=str(workdir))
+
+
+def test_stages_must_be_a_non_empty_list_of_dicts(workdir):
+    with pytest.raises(InvalidStage, match=r"stages: expected a non-empty list of stages, got \[\]"):
+        Chainlink([], workdir=str(workdir))
+    with pytest.raises(InvalidStage, match="stages: expected a list of stages, got a mapping"):
+        Chainlink({"image": IMAGE}, workdir=str(workdir))
+    with pytest.raises(InvalidStage, match=r"stages\[0\]: expected a mapping of stage keys"):
+        Chainlink([IMAGE], workdir=str(workdir))
+    # A tuple is a list.
+    assert len(Chainlink((stage("true"),), workdir=str(workdir))) == 1
+
+
+def test_values_without_a_json_form_are_problems_of_their_key(workdir):
+    with pytest.raises(InvalidStage) as caught:
+        Chainlink([{"image": IMAGE, "entrypoint": {"sh"}, "hostname": b"box"}, {"image": object()}], workdir=str(workdir))
+    message = str(caught.value)
+    assert "stages[0].entrypoint: expected str, int, float, bool, None" in message and "type set" in message
+    assert "stages[0].hostname" in message and "type bytes" in message
+    # Reported once, not again as a missing image.
+    assert message.count("stages[1].image") == 1, message
+
+
+def test_a_bad_workdir_is_invalid(tmp_path):
+    with pytest.raises(InvalidStage, match="workdir"):
+        Chainlink([stage("true")], workdir=str(tmp_path / "does-not-exist"))
+
+
+def test_env_values_that_are_int_float_or_bool_become_str(workdir):
+    chain = Chainlink(
+        [stage("echo \"$I $F $T $S $N\"", env={"I": 1, "F": 2.5, "T": True, "S": "text", "N": False})],
+        workdir=str(workdir),
+    )
+    results = chain.run({"BASE": 10**20})
+    out = results[0]["logs"]["stdout"]
+    assert out.rstrip().endswith(b"1 2.5 True text False"), out
+
+
+def test_env_values_of_other_types_raise_type_error_naming_stage_and_key(workdir):
+    with pytest.raises(TypeError, match=r"^stages\[0\]\.env\.FOO: expected str, int, float or bool, got list$"):
+        Chainlink([{"image": IMAGE, "env": {"FOO": ["a"]}}], workdir=str(workdir))
+    with pytest.raises(TypeError, match=r"^stages\[1\]\.env\.BAR: expected str, int, float or bool, got NoneType$"):
+        Chainlink([{"image": IMAGE}, {"image": IMAGE, "env": {"BAR": None}}], workdir=str(workdir))
+    with pytest.raises(TypeError, match=r"^stages\[0\]\.env: expected str keys, got int$"):
+        Chainlink([{"image": IMAGE, "env": {1: "x"}}], workdir=str(workdir))
+    chain = Chainlink([stage("true")], workdir=str(workdir))
+    with pytest.raises(TypeError, match=r"^environ\.X: expected str, int, float or bool, got dict$"):
+        chain.run({"X": {}})
+    with pytest.raises(TypeError, match=r"^environ: expected a dict"):
+        chain.run([("X", "1")])
+    assert_no_leftovers(workdir)
+
+
+def test_environ_names_are_checked_by_the_library(workdir):
+    chain = Chainlink([stage("true")], workdir=str(workdir))
+    with pytest.raises(InvalidStage, match="environ"):
+        chain.run({"A=B": "1"})
+    assert_no_leftovers(workdir)
+
+
+def test_a_missing_image_raises_image_not_found(workdir):
+    missing = "chainlink-test/no-such-image:nope"
+    started = time.monotonic()
+    with pytest.raises(ImageNotFound) as caught:
+        Chainlink([stage("true"), {"image": missing}], workdir=str(workdir))
+    assert missing in str(caught.value)
+    assert "not pullable and not on the engine" in str(caught.value)
+    assert caught.value.images == [missing]
+    assert time.monotonic() - started < 30
+    assert_no_leftovers(workdir)
+
+
+def test_an_unreachable_engine_raises_engine_unavailable(workdir, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{workdir}/no-docker.sock")
+    with pytest.raises(EngineUnavailable) as caught:
+        Chainlink([stage("true")], workdir=str(workdir))
+    assert "no-docker.sock" in str(caught.value) or "connect" in str(caught.value)

@@ -1,0 +1,126 @@
+"""Ctrl-C during run(), and run() where there is no event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+from chainlink import Chainlink
+
+from conftest import IMAGE, assert_no_leftovers, containers_of, leftovers, stage, wait_for
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from chainlink import Chainlink
+
+    chain = Chainlink(
+        [{"image": %r, "entrypoint": ["sleep", "30"]}, {"image": %r, "entrypoint": ["true"]}],
+        workdir=sys.argv[1],
+    )
+    print("running", flush=True)
+    chain.run()
+    print("finished", flush=True)
+    """
+) % (IMAGE, IMAGE)
+
+
+def test_ctrl_c_during_run_cleans_up_and_raises_keyboard_interrupt(workdir):
+    child = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(workdir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "running"
+        assert wait_for(lambda: bool(containers_of(workdir)), timeout=20), "the stage never started"
+        time.sleep(0.3)
+        started = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        stdout, stderr = child.communicate(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    # An uncaught KeyboardInterrupt: Python's traceback, and death by SIGINT (3.8+).
+    assert "KeyboardInterrupt" in stderr, stderr
+    assert child.returncode in (-signal.SIGINT, 130), (child.returncode, stderr)
+    assert "finished" not in stdout
+    assert took < 15, took
+    assert_no_leftovers(workdir)
+
+
+def test_ctrl_c_can_be_caught_and_the_chain_run_again(workdir):
+    """In-process: the interrupt arrives while run() waits, the caller catches it, and the same
+    chain still runs."""
+    chain = Chainlink([stage("sleep", "30")], workdir=str(workdir))
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    started = time.monotonic()
+    try:
+        chain.run()
+    except KeyboardInterrupt:
+        interrupted = True
+    else:  # pragma: no cover
+        interrupted = False
+    finally:
+        timer.cancel()
+    assert interrupted
+    assert time.monotonic() - started < 15
+    assert leftovers(workdir) == ([], [])
+    assert Chainlink([stage("true")], workdir=str(workdir)).run()[0]["success"]
+    assert_no_leftovers(workdir)
+
+
+def test_run_needs_no_event_loop_in_a_plain_thread(workdir):
+    outcome = {}
+
+    def work():
+        try:
+            asyncio.get_event_loop()
+        except RuntimeError:
+            outcome["loop"] = None
+        else:  # pragma: no cover - some Python versions make one on demand
+            outcome["loop"] = "made one"
+        chain = Chainlink([stage("echo threaded")], workdir=str(workdir))
+        outcome["results"] = chain.run()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert outcome["loop"] is None
+    assert outcome["results"][0]["success"]
+    assert outcome["results"][0]["logs"]["stdout"].endswith(b" threaded\n")
+    assert_no_leftovers(workdir)
+
+
+def test_runs_in_threads_go_on_at_the_same_time_with_the_gil_released(workdir):
+    chains = [Chainlink([stage("sleep", "2")], workdir=str(workdir)) for _ in range(3)]
+    results = [None] * 3
+    ticks = []
+
+    def work(i):
+        results[i] = chains[i].run()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    # The main thread keeps running Python code while the runs wait: the GIL is free.
+    while any(t.is_alive() for t in threads):
+        ticks.append(time.monotonic())
+        time.sleep(0.01)
+    elapsed = time.monotonic() - started
+    assert all(r[0]["success"] for r in results)
+    assert elapsed < 5.5, elapsed  # one after the other: over 6 s of sleep alone
+    assert len(ticks) > 50
+    assert_no_leftovers(workdir)
