@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::engine::reference::{is_image_id, ImageRef};
 use crate::units::{CpuSet, MemorySize};
 
 /// The seed's default memory cap.
@@ -137,6 +138,11 @@ impl Stage {
         };
         if self.image.trim().is_empty() {
             bad("image", "an image name such as \"busybox:latest\"", quote(&self.image));
+        } else if !is_image_id(&self.image) {
+            if let Err(e) = ImageRef::parse(&self.image) {
+                let expected = format!("an image reference such as \"busybox:latest\" ({})", e.reason);
+                bad("image", &expected, quote(&self.image));
+            }
         }
         if let Some(argv) = &self.entrypoint {
             if argv.is_empty() {
@@ -843,6 +849,18 @@ mod tests {
         assert!(text.contains("stages[0].timeout"), "{text}");
         assert!(text.contains("stages[1].image"), "{text}");
         assert!(text.contains("stages[1].timeout"), "{text}");
+    }
+
+    #[test]
+    fn images_must_be_references_the_engine_can_pull() {
+        let text = problems_of(json!([{"image": "Team/App:v1"}, {"image": "app:-bad"}, {"image": "a@sha256:12"}])).join("\n");
+        assert!(text.contains("stages[0].image: expected an image reference such as \"busybox:latest\" (the repository name must be lower-case), got \"Team/App:v1\""), "{text}");
+        assert!(text.contains("stages[1].image: expected an image reference"), "{text}");
+        assert!(text.contains("stages[2].image: expected an image reference"), "{text}");
+        let id = "ac5f88b0704e6adb7930939e91fcb5c07927036156a4c786043ce7d3c2777d2a";
+        for good in ["busybox", "127.0.0.1:5000/team/app:v1", id] {
+            assert!(parse_stages(&json!([{"image": good}])).is_ok(), "{good}");
+        }
     }
 
     #[test]

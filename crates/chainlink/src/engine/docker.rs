@@ -12,9 +12,12 @@ use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
     LogsOptions, RemoveContainerOptions, WaitContainerOptions,
 };
-use bollard::Docker;
+use bollard::auth::DockerCredentials;
+use bollard::{BollardRequest, Docker};
 use futures_util::stream::{BoxStream, StreamExt};
 
+use super::credentials::{CredentialSource, RegistryCredentials, Secret};
+use super::reference::ImageRef;
 use super::{
     ContainerSpec, ContainerState, Engine, EngineError, EngineErrorKind, JobMount, LabelledContainer,
     LogChunk, PullProgress, SharedEngine, StreamKind,
@@ -29,11 +32,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct DockerEngine {
     client: Docker,
     endpoint: String,
+    credentials: CredentialSource,
 }
 
 impl std::fmt::Debug for DockerEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DockerEngine").field("endpoint", &self.endpoint).finish()
+        f.debug_struct("DockerEngine")
+            .field("endpoint", &self.endpoint)
+            .field("credentials", &self.credentials)
+            .finish()
     }
 }
 
@@ -62,11 +69,25 @@ impl DockerEngine {
                 ))
             }
         };
-        Ok(DockerEngine { client, endpoint })
+        Ok(DockerEngine { client, endpoint, credentials: CredentialSource::from_env() })
+    }
+
+    /// Looks registry credentials up in `source` rather than where the docker CLI would
+    /// (`$DOCKER_CONFIG`, `~/.docker`, and helpers on `$PATH`).
+    pub fn with_credentials(mut self, source: CredentialSource) -> DockerEngine {
+        self.credentials = source;
+        self
+    }
+
+    /// Where this engine's pulls look for registry credentials.
+    pub fn credentials(&self) -> &CredentialSource {
+        &self.credentials
     }
 
     fn client_for(endpoint: &str) -> Result<Docker, EngineError> {
-        Docker::connect_with_host(endpoint).map_err(|e| unavailable(endpoint, e))
+        Docker::connect_with_host(endpoint)
+            .map(|client| client.with_request_modifier(url_safe_registry_auth))
+            .map_err(|e| unavailable(endpoint, e))
     }
 
     /// The engine's API version agreed at connection (`1.41`).
@@ -142,13 +163,48 @@ impl DockerEngine {
     }
 }
 
-/// Pulls want a tag: without one the engine would fetch every tag of the repository.
-fn with_default_tag(image: &str) -> String {
-    let last = image.rsplit('/').next().unwrap_or(image);
-    if image.contains('@') || last.contains(':') {
-        image.to_string()
-    } else {
-        format!("{image}:latest")
+/// The engine decodes `X-Registry-Auth` and `X-Registry-Config` as URL-safe base64 and, for a
+/// pull, silently drops a header it cannot decode; bollard 0.21 encodes them in the standard
+/// alphabet (fussybeaver/bollard#169, moby/moby#33434). Credentials whose encoding holds a `+`
+/// or a `/` (many passwords with symbols) would be sent as no credentials at all, so the header
+/// is translated to the URL-safe alphabet on its way out.
+fn url_safe_registry_auth(mut request: BollardRequest) -> BollardRequest {
+    for name in ["x-registry-auth", "x-registry-config"] {
+        let fixed = request.headers().get(name).and_then(|v| v.to_str().ok()).and_then(to_url_safe_base64);
+        if let Some(fixed) = fixed {
+            if let Ok(value) = fixed.try_into() {
+                request.headers_mut().insert(name, value);
+            }
+        }
+    }
+    request
+}
+
+/// `Some(translated)` when `value` holds characters of the standard alphabet only.
+fn to_url_safe_base64(value: &str) -> Option<String> {
+    value.contains(['+', '/']).then(|| value.replace('+', "-").replace('/', "_"))
+}
+
+/// What bollard sends for credentials we found.
+fn docker_credentials(creds: &RegistryCredentials) -> DockerCredentials {
+    let (password, identitytoken) = match &creds.secret {
+        Secret::Password(p) => (Some(p.clone()), None),
+        Secret::IdentityToken(t) => (None, Some(t.clone())),
+    };
+    DockerCredentials {
+        username: creds.username.clone(),
+        password,
+        identitytoken,
+        serveraddress: Some(creds.registry.clone()),
+        ..Default::default()
+    }
+}
+
+/// Removes every copy of the secret from a message, whatever produced it.
+fn redact(message: String, creds: Option<&RegistryCredentials>) -> String {
+    match creds.map(|c| c.secret.expose()).filter(|s| !s.is_empty()) {
+        Some(secret) if message.contains(secret) => message.replace(secret, "<redacted>"),
+        _ => message,
     }
 }
 
@@ -214,12 +270,37 @@ impl Engine for DockerEngine {
         image: &str,
         progress: &(dyn Fn(PullProgress) + Send + Sync),
     ) -> Result<(), EngineError> {
-        let options = CreateImageOptions { from_image: Some(with_default_tag(image)), ..Default::default() };
-        let mut stream = self.client.create_image(Some(options), None, None);
+        let reference = ImageRef::parse(image).map_err(|e| EngineError::new(EngineErrorKind::Refused, e.to_string()))?;
+        let registry = reference.registry().to_string();
+        let source = self.credentials.clone();
+        let key = reference.credentials_key();
+        let creds = match tokio::task::spawn_blocking(move || source.lookup(&key)).await {
+            Ok(Ok(creds)) => creds,
+            Ok(Err(e)) => {
+                return Err(EngineError::new(EngineErrorKind::Refused, format!("cannot pull {reference}: {e}")));
+            }
+            Err(e) => {
+                return Err(EngineError::new(EngineErrorKind::Other, format!("credential lookup for {reference} failed: {e}")));
+            }
+        };
+        // Said on every failure, so a rejected or missing login is plain to see.
+        let sent = match &creds {
+            Some(creds) => format!("sent {}", creds.describe()),
+            None => match self.credentials.config_file() {
+                Some(file) => format!("no credentials for {} in {}: anonymous pull", reference.credentials_key(), file.display()),
+                None => "no docker configuration directory: anonymous pull".to_string(),
+            },
+        };
+        let failed = |error: EngineError| {
+            let message = format!("pulling {reference} from registry {registry} failed: {}; {sent}", error.message);
+            EngineError { kind: error.kind, message: redact(message, creds.as_ref()), source: None }
+        };
+        let options = CreateImageOptions { from_image: Some(reference.pull_reference()), ..Default::default() };
+        let mut stream = self.client.create_image(Some(options), None, creds.as_ref().map(docker_credentials));
         // Per-layer progress, summed: the engine reports each layer on its own.
         let mut layers: HashMap<String, (u64, u64)> = HashMap::new();
         while let Some(item) = stream.next().await {
-            let info = item.map_err(map_error)?;
+            let info = item.map_err(|e| failed(map_error(e)))?;
             if let (Some(id), Some(detail)) = (info.id, info.progress_detail) {
                 let entry = layers.entry(id).or_default();
                 if let Some(current) = detail.current {
@@ -332,7 +413,7 @@ impl Engine for DockerEngine {
     }
 
     async fn reconnect(&self) -> Result<SharedEngine, EngineError> {
-        Ok(Arc::new(DockerEngine::connect_to(&self.endpoint).await?))
+        Ok(Arc::new(DockerEngine::connect_to(&self.endpoint).await?.with_credentials(self.credentials.clone())))
     }
 }
 
@@ -340,11 +421,55 @@ impl Engine for DockerEngine {
 mod tests {
     use super::*;
 
+    use crate::engine::credentials::base64_encode;
+
     #[test]
-    fn pulls_name_a_tag() {
-        assert_eq!(with_default_tag("busybox"), "busybox:latest");
-        assert_eq!(with_default_tag("localhost:5000/team/img"), "localhost:5000/team/img:latest");
-        assert_eq!(with_default_tag("localhost:5000/team/img:v1"), "localhost:5000/team/img:v1");
-        assert_eq!(with_default_tag("alpine@sha256:abc"), "alpine@sha256:abc");
+    fn pulls_name_a_tag_or_a_digest() {
+        let pull = |image: &str| ImageRef::parse(image).unwrap().pull_reference();
+        assert_eq!(pull("busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(pull("localhost:5000/team/img"), "localhost:5000/team/img:latest");
+        assert_eq!(pull("localhost:5000/team/img:v1"), "localhost:5000/team/img:v1");
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(pull(&format!("alpine@{digest}")), format!("docker.io/library/alpine@{digest}"));
+    }
+
+    /// The registry tests' password, as bollard would encode it, holds a `+`: without the
+    /// translation the engine would drop those credentials (checked here so the integration
+    /// test keeps exercising the case).
+    #[test]
+    fn registry_auth_headers_are_translated_to_url_safe_base64() {
+        let creds = RegistryCredentials {
+            registry: "127.0.0.1:5000".into(),
+            username: Some("chainlink".into()),
+            secret: Secret::Password("p?w>~~chainlink".into()),
+            origin: "test".into(),
+        };
+        let standard = base64_encode(serde_json::to_string(&docker_credentials(&creds)).unwrap().as_bytes());
+        assert!(standard.contains(['+', '/']), "{standard}");
+
+        let mut request = BollardRequest::new(bollard::body_full(bytes::Bytes::new()));
+        request.headers_mut().insert("x-registry-auth", standard.as_str().try_into().unwrap());
+        let request = url_safe_registry_auth(request);
+        let sent = request.headers().get("x-registry-auth").unwrap().to_str().unwrap();
+        assert!(!sent.contains(['+', '/']), "{sent}");
+        assert_eq!(sent, standard.replace('+', "-").replace('/', "_"));
+
+        // Untouched: no header, or nothing to translate.
+        let request = url_safe_registry_auth(BollardRequest::new(bollard::body_full(bytes::Bytes::new())));
+        assert!(request.headers().get("x-registry-auth").is_none());
+        assert_eq!(to_url_safe_base64("abc="), None);
+    }
+
+    #[test]
+    fn pull_messages_never_hold_the_secret() {
+        let creds = RegistryCredentials {
+            registry: "r".into(),
+            username: Some("u".into()),
+            secret: Secret::Password("hunter2".into()),
+            origin: "o".into(),
+        };
+        assert_eq!(redact("bad hunter2 here".into(), Some(&creds)), "bad <redacted> here");
+        assert_eq!(redact("fine".into(), Some(&creds)), "fine");
+        assert_eq!(redact("hunter2".into(), None), "hunter2");
     }
 }

@@ -5,7 +5,9 @@
 //! engine without host bind mounts, Kubernetes) implements the same trait, and a fake engine for
 //! unit tests of pure runner logic can too.
 
+pub mod credentials;
 pub mod docker;
+pub mod reference;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,7 +20,9 @@ use futures_util::stream::BoxStream;
 
 use crate::spec::Stage;
 
+pub use credentials::{CredentialError, CredentialSource, RegistryCredentials, Secret};
 pub use docker::DockerEngine;
+pub use reference::{ImageRef, ReferenceError};
 
 /// A shared handle on an engine.
 pub type SharedEngine = Arc<dyn Engine>;
