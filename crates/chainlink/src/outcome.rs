@@ -119,6 +119,29 @@ fn rfc3339_now() -> String {
     )
 }
 
+/// The engine's timestamp at the start of a log chunk, as (seconds since the epoch,
+/// nanoseconds); `None` when the chunk does not start with one.
+pub(crate) fn log_stamp(chunk: &[u8]) -> Option<(i64, u32)> {
+    let end = chunk.iter().position(|&b| b == b' ')?;
+    let stamp = std::str::from_utf8(&chunk[..end]).ok()?.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut ymd = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (ymd.next()??, ymd.next()??, ymd.next()??);
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let mut parts = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (h, m, sec) = (parts.next()??, parts.next()??, parts.next()??);
+    let digits: String = fraction.chars().chain(std::iter::repeat('0')).take(9).collect();
+    let nanos = digits.parse().ok()?;
+    // Days since 1970-01-01 from a civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3600 + m * 60 + sec, nanos))
+}
+
 /// What one stage of a run produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageResult {
@@ -199,6 +222,18 @@ mod tests {
         assert_eq!(Outcome::from_exit(false, 0, true), Outcome::Exited(0));
         assert_eq!(Outcome::from_exit(false, 3, false), Outcome::Exited(3));
         assert!(Outcome::Exited(0).success() && !Outcome::Exited(1).success() && !Outcome::Skipped.success());
+    }
+
+    #[test]
+    fn log_stamps_read_back_what_the_engine_and_the_marker_write() {
+        assert_eq!(log_stamp(b"1970-01-01T00:00:01.5Z x"), Some((1, 500_000_000)));
+        assert_eq!(log_stamp(b"2026-11-28T14:02:03.123456789Z line\n"), Some((1_795_874_523, 123_456_789)));
+        assert_eq!(log_stamp(b"2000-03-01T00:00:00Z a"), Some((951_868_800, 0)));
+        let now = rfc3339_now();
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let (parsed, _) = log_stamp(format!("{now} marker").as_bytes()).unwrap();
+        assert!((parsed - secs).abs() <= 1, "{now} -> {parsed}, now {secs}");
+        assert_eq!(log_stamp(b"no stamp here"), None);
     }
 
     #[test]

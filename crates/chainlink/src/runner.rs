@@ -10,10 +10,10 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::cleanup::{container_labels, RunGuard, RunId};
-use crate::engine::{ContainerSpec, DockerEngine, Engine, EngineError, SharedEngine, StreamKind};
+use crate::engine::{ContainerSpec, DockerEngine, Engine, EngineError, LogChunk, SharedEngine, StreamKind};
 use crate::error::{Error, ImageFailure};
 use crate::events::{emit, Event, EventSink, ImageSource};
-use crate::outcome::{Outcome, OutputBuffer, StageResult};
+use crate::outcome::{log_stamp, Outcome, OutputBuffer, StageResult};
 use crate::spec::{check_stages, Problem, Problems, PullPolicy, Stage};
 use crate::workspace::{check_workdir, Workspace};
 
@@ -85,14 +85,17 @@ pub struct Chain {
 impl Chain {
     /// Validates the stages, connects to the engine (`DOCKER_HOST` or the default socket), and
     /// gets every distinct image in parallel under the pull policy.
-    pub async fn new(stages: Vec<Stage>, options: ChainOptions) -> Result<Chain, Error> {
+    pub async fn new(stages: Vec<Stage>, mut options: ChainOptions) -> Result<Chain, Error> {
+        // The engine resolves bind mounts on its own side: a relative path means nothing there.
+        options.workdir = std::path::absolute(&options.workdir).unwrap_or(options.workdir);
         check_input(&stages, &options)?;
         let engine = DockerEngine::connect().await.map_err(Error::EngineUnavailable)?;
         Self::with_engine(stages, options, Arc::new(engine)).await
     }
 
     /// As [`Chain::new`], on an engine the caller connected.
-    pub async fn with_engine(stages: Vec<Stage>, options: ChainOptions, engine: SharedEngine) -> Result<Chain, Error> {
+    pub async fn with_engine(stages: Vec<Stage>, mut options: ChainOptions, engine: SharedEngine) -> Result<Chain, Error> {
+        options.workdir = std::path::absolute(&options.workdir).unwrap_or(options.workdir);
         check_input(&stages, &options)?;
         check_cpusets(&stages, &*engine).await?;
         let chain = Chain { stages: stages.into(), options, engine };
@@ -278,19 +281,13 @@ impl Chain {
     ) -> Result<StageResult, EngineError> {
         let engine = &*self.engine;
         let total = self.stages.len();
+        let mut output = Collector::new(stage.output_limit, sink, index);
         let collect = async {
-            let mut stdout = OutputBuffer::new(stage.output_limit);
-            let mut stderr = OutputBuffer::new(stage.output_limit);
-            let mut stream = engine.logs(id);
+            let mut stream = engine.logs(id, true, 0);
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk?;
-                match chunk.stream {
-                    StreamKind::Stdout => stdout.push(&chunk.bytes),
-                    StreamKind::Stderr => stderr.push(&chunk.bytes),
-                }
-                emit(sink, || Event::Output { index, stream: chunk.stream, bytes: chunk.bytes });
+                output.take(chunk?);
             }
-            Ok::<_, EngineError>((stdout.finish(), stderr.finish()))
+            Ok::<_, EngineError>(())
         };
         let wait = async {
             match tokio::time::timeout(stage.timeout.saturating_sub(started.elapsed()), engine.wait(id)).await {
@@ -307,7 +304,23 @@ impl Chain {
         let (waited, collected) = tokio::join!(wait, collect);
         let (exit_code, killed) = waited?;
         let duration = started.elapsed();
-        let (stdout, stderr) = collected?;
+        collected?;
+        // A follow stream may end when the container stops, before the engine has written the
+        // last partial line (output without a final newline). Once the wait has returned the
+        // log is complete: read again from the last second seen and keep only what is newer.
+        // A partial line is flushed when its stream closes, at the end: reading from the
+        // earliest of the streams' latest seconds is enough.
+        let seen = output.latest;
+        let since = seen.iter().flatten().map(|(secs, _)| *secs).min().unwrap_or(0);
+        let mut rest = engine.logs(id, false, since);
+        while let Some(chunk) = rest.next().await {
+            let chunk = chunk?;
+            let latest = seen[chunk.stream as usize];
+            if latest.is_none_or(|seen| log_stamp(&chunk.bytes).is_some_and(|stamp| stamp > seen)) {
+                output.take(chunk);
+            }
+        }
+        let (stdout, stderr) = (output.stdout.finish(), output.stderr.finish());
         let state = engine.inspect_state(id).await?;
         let outcome = Outcome::from_exit(killed, state.exit_code().unwrap_or(exit_code), state.oom_killed());
         emit(sink, || Event::StageFinished { index, total, outcome, duration });
@@ -320,6 +333,34 @@ impl Chain {
             stderr: stage.logs.then_some(stderr),
             duration,
         })
+    }
+}
+
+/// A stage's two output streams as they arrive, each bounded, each chunk also sent as an event.
+struct Collector<'a> {
+    stdout: OutputBuffer,
+    stderr: OutputBuffer,
+    /// The engine's latest timestamp taken, per stream (stdout, stderr): the two streams
+    /// arrive interleaved, not in timestamp order.
+    latest: [Option<(i64, u32)>; 2],
+    sink: &'a Option<EventSink>,
+    index: usize,
+}
+
+impl<'a> Collector<'a> {
+    fn new(limit: u64, sink: &'a Option<EventSink>, index: usize) -> Self {
+        Collector { stdout: OutputBuffer::new(limit), stderr: OutputBuffer::new(limit), latest: [None; 2], sink, index }
+    }
+
+    fn take(&mut self, chunk: LogChunk) {
+        let latest = &mut self.latest[chunk.stream as usize];
+        *latest = (*latest).max(log_stamp(&chunk.bytes));
+        match chunk.stream {
+            StreamKind::Stdout => self.stdout.push(&chunk.bytes),
+            StreamKind::Stderr => self.stderr.push(&chunk.bytes),
+        }
+        let index = self.index;
+        emit(self.sink, || Event::Output { index, stream: chunk.stream, bytes: chunk.bytes });
     }
 }
 

@@ -355,8 +355,9 @@ impl Engine for DockerEngine {
         }
     }
 
-    fn logs(&self, id: &str) -> BoxStream<'static, Result<LogChunk, EngineError>> {
-        let options = LogsOptions { follow: true, stdout: true, stderr: true, timestamps: true, ..Default::default() };
+    fn logs(&self, id: &str, follow: bool, since_unix_secs: i64) -> BoxStream<'static, Result<LogChunk, EngineError>> {
+        let since = i32::try_from(since_unix_secs).unwrap_or(0);
+        let options = LogsOptions { follow, since, stdout: true, stderr: true, timestamps: true, ..Default::default() };
         self.client
             .logs(id, Some(options))
             .filter_map(|item| async move {

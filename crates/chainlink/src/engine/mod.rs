@@ -165,8 +165,9 @@ pub trait Engine: Send + Sync + fmt::Debug + 'static {
     /// Waits for the container to stop and returns its exit code (any code: an outcome).
     async fn wait(&self, id: &str) -> Result<i64, EngineError>;
     async fn kill(&self, id: &str) -> Result<(), EngineError>;
-    /// Follows the container's output from its start until it stops.
-    fn logs(&self, id: &str) -> BoxStream<'static, Result<LogChunk, EngineError>>;
+    /// The container's output from `since_unix_secs` on (0: from its start); with `follow`,
+    /// until it stops, else what the engine holds now.
+    fn logs(&self, id: &str, follow: bool, since_unix_secs: i64) -> BoxStream<'static, Result<LogChunk, EngineError>>;
     async fn inspect_state(&self, id: &str) -> Result<ContainerState, EngineError>;
     /// Removes the container, killing it first if it runs; a missing container is fine.
     async fn remove(&self, id: &str) -> Result<(), EngineError>;

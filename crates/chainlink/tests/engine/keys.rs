@@ -196,3 +196,31 @@ async fn added_capabilities_allow_what_privilege_would() {
     assert!(results[0].success(), "{}", stderr(&results[0]));
     assert_nothing_left(dir.path());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_without_a_final_newline_is_kept_every_time() {
+    // The engine's follow stream can end before it writes a last partial line; ten stages make
+    // a lost line all but certain to show if the runner does not read the rest.
+    let dir = workdir();
+    let stages = (0..10).map(|i| sh(&format!("printf 'partial-{i}'; printf 'err-{i}' >&2"))).collect();
+    let results = run(&chain(stages, dir.path()).await).await;
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(stdout(r), format!("partial-{i}"), "stage {i}");
+        assert_eq!(stderr(r), format!("err-{i}"), "stage {i}");
+    }
+    assert_nothing_left(dir.path());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relative_workdir_is_taken_from_the_current_directory() {
+    let dir = tempfile::Builder::new().prefix("chainlink-test-rel-").tempdir_in(".").unwrap();
+    let relative = dir.path().strip_prefix(std::env::current_dir().unwrap()).unwrap_or(dir.path()).to_path_buf();
+    assert!(relative.is_relative());
+    let chain = chainlink::Chain::new(vec![sh("echo ok > /job/f; cat /job/f")], chainlink::ChainOptions::default().workdir(&relative))
+        .await
+        .unwrap();
+    assert!(chain.options().workdir.is_absolute());
+    let results = run(&chain).await;
+    assert_eq!(stdout(&results[0]), "ok");
+    assert_nothing_left(dir.path());
+}
