@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::cleanup::{container_labels, RunGuard, RunId};
-use crate::engine::{ContainerSpec, DockerEngine, Engine, EngineError, LogChunk, SharedEngine, StreamKind};
+use crate::engine::{ContainerSpec, DockerEngine, Engine, EngineError, ImageRef, LogChunk, SharedEngine, StreamKind};
 use crate::error::{Error, ImageFailure};
 use crate::events::{emit, Event, EventSink, ImageSource};
 use crate::outcome::{log_stamp, Outcome, OutputBuffer, StageResult};
@@ -115,15 +115,18 @@ impl Chain {
         &self.engine
     }
 
-    /// The distinct images of the chain, in stage order.
+    /// The distinct images of the chain, in stage order, each under its first spelling
+    /// (`alpine` and `docker.io/library/alpine:latest` are one image, pulled once).
     pub fn images(&self) -> Vec<String> {
-        let mut images: Vec<String> = Vec::new();
-        for stage in self.stages.iter() {
-            if !images.contains(&stage.image) {
-                images.push(stage.image.clone());
-            }
-        }
-        images
+        let mut seen = std::collections::HashSet::new();
+        self.stages
+            .iter()
+            .filter(|stage| {
+                let key = ImageRef::parse(&stage.image).map_or_else(|_| stage.image.clone(), |r| r.pull_reference());
+                seen.insert(key)
+            })
+            .map(|stage| stage.image.clone())
+            .collect()
     }
 
     async fn prepare_images(&self) -> Result<(), Error> {

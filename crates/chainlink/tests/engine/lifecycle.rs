@@ -272,3 +272,21 @@ fn seconds_of_day(stamp: &serde_json::Value) -> f64 {
     let parts: Vec<f64> = time.split(':').map(|p| p.parse().expect("a number")).collect();
     parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_image_under_two_spellings_is_pulled_once() {
+    let dir = workdir();
+    let pulls = Arc::new(Mutex::new(Vec::new()));
+    let seen = pulls.clone();
+    let options = chainlink::ChainOptions::default().workdir(dir.path()).events(Arc::new(move |event: &Event| {
+        if let Event::PullFinished { image, .. } = event {
+            seen.lock().unwrap().push(image.clone());
+        }
+    }));
+    let stages = vec![sh("true"), Stage::new(format!("{BUSYBOX}:latest")).entrypoint(["true"]), sh("true")];
+    let chain = chainlink::Chain::new(stages, options).await.unwrap();
+    assert_eq!(chain.images(), [BUSYBOX]);
+    assert_eq!(*pulls.lock().unwrap(), [BUSYBOX]);
+    assert!(run(&chain).await.iter().all(|r| r.success()));
+    assert_nothing_left(dir.path());
+}
