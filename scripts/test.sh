@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# The project's test command. .ci/run calls this after the test images are
-# built; developers can run it directly too.
+# The project's test command (the README's second line; .ci/run runs exactly this): sets up
+# what the tests need, runs every Rust and Python test against the real engine, then fails if
+# anything of ours is left behind.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+bash scripts/setup.sh
+
+printf '\n==== rust tests ====\n'
 cargo test --workspace --locked
 
+printf '\n==== python tests ====\n'
 # The Python module: built by pip (maturin backend) into a venv of its own,
 # then tested against the real engine. PYTHON picks the interpreter (>= 3.9).
 venv=target/py-venv
@@ -19,3 +24,17 @@ fi
 MATURIN_PEP517_ARGS="--locked" \
   "$venv/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps .
 "$venv/bin/python" -m pytest python/tests -q
+
+printf '\n==== leftovers ====\n'
+# Every test checks its own runs; this catches what slipped between them.
+containers=$(docker ps -aq --filter label=org.chainlink.managed)
+volumes=$(docker volume ls -q --filter label=org.chainlink.managed)
+run_dirs=$(find "${TMPDIR:-/tmp}" -maxdepth 2 -name 'chainlink-run-*' 2>/dev/null || true)
+if [[ -n "$containers$volumes$run_dirs" ]]; then
+  echo "left behind by the suite:" >&2
+  [[ -z "$containers" ]] || docker ps -a --filter label=org.chainlink.managed >&2
+  [[ -z "$volumes" ]] || echo "volumes: $volumes" >&2
+  [[ -z "$run_dirs" ]] || echo "run directories: $run_dirs" >&2
+  exit 1
+fi
+echo "nothing left: no labelled container or volume, no run directory"

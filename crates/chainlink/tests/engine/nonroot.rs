@@ -23,7 +23,13 @@ async fn root_owned_files_in_job_do_not_stop_cleanup_by_a_non_root_runner() {
         id.status.success(),
         "user {CI_USER} is missing: .ci/run creates it (useradd -m -G docker {CI_USER})"
     );
-    let exe = std::env::current_exe().unwrap();
+    // The checkout may sit where the unprivileged user cannot reach (under /root, say): run a
+    // copy of this test binary from a directory every user can read.
+    let reachable = tempfile::Builder::new().prefix("chainlink-test-exe-").tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(reachable.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = reachable.path().join("engine-tests");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new("setpriv")
         .args(["--reuid", CI_USER, "--regid", CI_USER, "--init-groups", "--reset-env"])
         .arg(&exe)
