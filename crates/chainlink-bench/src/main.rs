@@ -1,0 +1,571 @@
+//! chainlink's benchmarks: chainlink next to the engine's own floor, in one run, interleaved.
+//!
+//! ```text
+//! chainlink-bench [--rounds N] [--sections a,b,c,d] [--python PATH] [--json FILE]
+//! ```
+//!
+//! - (a) a chain of 20 stages `true`, against the same 20 containers by the plainest bollard loop
+//!   (create, start, wait, logs, inspect, remove) and by a loop of `docker run --rm`;
+//! - (b) 8 and 32 chains of 3 stages at once, in stages per second, against as many concurrent
+//!   bollard loops and `docker run --rm` loops (the engine's ceiling);
+//! - (c) one stage printing 100 MiB, run by this binary re-executed (`--child-output`) so that
+//!   its wall time and peak memory are its own, against `docker run` with output to /dev/null;
+//! - (d) the Python module (`bench/python_bench.py` on `--python`): (a) through `run()`, and 8
+//!   chains through `run_async` under `asyncio.gather`.
+//!
+//! Each round runs every contender of a figure next to the others, in alternating order; the
+//! table gives median and min–max per contender and the ratios.
+
+mod child;
+mod floor;
+mod stats;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bollard::Docker;
+use chainlink::{Chain, ChainOptions, PullPolicy, Stage};
+use serde_json::{json, Value};
+
+use crate::child::{client_cpu, cpu_of, engine_pids, run_measured};
+use crate::floor::{bollard_loop, docker_run_command, docker_run_loop, Job};
+use crate::stats::{fmt3, paired_ratios, round_order, Summary};
+
+const IMAGE: &str = "chainlink-test/busybox";
+const SEQ_STAGES: usize = 20;
+const CONC_STAGES: usize = 3;
+const CONCURRENCY: [usize; 2] = [8, 32];
+const PY_CONCURRENCY: usize = 8;
+const OUTPUT_BYTES: u64 = 100 << 20;
+/// 70 characters; `yes` adds the newline.
+const OUTPUT_LINE: &str = "chainlink bench output: a line of seventy characters to fill the pipe.";
+
+type Res<T> = Result<T, String>;
+
+struct Args {
+    rounds: usize,
+    warmup: bool,
+    sections: Vec<String>,
+    python: Option<PathBuf>,
+    script: PathBuf,
+    json: Option<PathBuf>,
+    child_output: Option<PathBuf>,
+}
+
+fn usage(code: i32) -> ! {
+    eprintln!(
+        "usage: chainlink-bench [--rounds N] [--no-warmup] [--sections a,b,c,d] [--python PATH] \
+         [--script bench/python_bench.py] [--json FILE]"
+    );
+    std::process::exit(code)
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        rounds: 5,
+        warmup: true,
+        sections: ["a", "b", "c", "d"].map(String::from).to_vec(),
+        python: None,
+        script: PathBuf::from("bench/python_bench.py"),
+        json: None,
+        child_output: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| usage(2));
+        match arg.as_str() {
+            "--rounds" => args.rounds = value().parse().unwrap_or_else(|_| usage(2)),
+            "--no-warmup" => args.warmup = false,
+            "--sections" => args.sections = value().split(',').map(|s| s.trim().to_string()).collect(),
+            "--python" => args.python = Some(PathBuf::from(value())),
+            "--script" => args.script = PathBuf::from(value()),
+            "--json" => args.json = Some(PathBuf::from(value())),
+            "--child-output" => args.child_output = Some(PathBuf::from(value())),
+            "-h" | "--help" => usage(0),
+            _ => usage(2),
+        }
+    }
+    args
+}
+
+fn main() {
+    let args = parse_args();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let code = match &args.child_output {
+        Some(workdir) => runtime.block_on(child_output(workdir)),
+        None => runtime.block_on(bench(&args)),
+    };
+    match code {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("chainlink-bench: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn output_command() -> Vec<String> {
+    vec!["sh".into(), "-c".into(), format!("yes '{OUTPUT_LINE}' | head -c {OUTPUT_BYTES}")]
+}
+
+/// `--child-output WORKDIR`: the whole life of a one-stage chain printing 100 MiB (connect,
+/// construct, run), in this process alone; one JSON line on stdout.
+async fn child_output(workdir: &Path) -> Res<()> {
+    let started = Instant::now();
+    let stage = Stage::new(IMAGE).entrypoint(output_command());
+    let chain = Chain::new(vec![stage], ChainOptions::default().workdir(workdir).pull(PullPolicy::Never))
+        .await
+        .map_err(|e| e.to_string())?;
+    let ran = Instant::now();
+    let results = chain.run(&BTreeMap::new()).await.map_err(|e| e.to_string())?;
+    let run_seconds = ran.elapsed().as_secs_f64();
+    let result = &results[0];
+    if !result.success() {
+        return Err(format!("the output stage failed: {:?}", result.outcome));
+    }
+    let stdout = result.stdout.as_ref().ok_or("no stdout kept")?;
+    let line = json!({
+        "total_seconds": started.elapsed().as_secs_f64(),
+        "run_seconds": run_seconds,
+        "kept": stdout.bytes.len(),
+        "dropped": stdout.dropped,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// The Python side, kept running across rounds: one command line in, one JSON line out.
+struct Python {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Python {
+    fn start(python: &Path, script: &Path, workdir: &Path) -> Res<Python> {
+        let mut child = Command::new(python)
+            .arg(script)
+            .args(["--workdir".as_ref(), workdir.as_os_str()])
+            .args(["--image", IMAGE])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", python.display()))?;
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Ok(Python { child, stdin, stdout })
+    }
+
+    /// Sends `command`; returns the seconds it took and the CPU seconds Python spent in it.
+    fn ask(&mut self, command: &str) -> Res<(f64, f64)> {
+        writeln!(self.stdin, "{command}").map_err(|e| format!("python: {e}"))?;
+        self.stdin.flush().map_err(|e| format!("python: {e}"))?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).map_err(|e| format!("python: {e}"))?;
+        let answer: Value = serde_json::from_str(&line).map_err(|e| format!("python answered {line:?}: {e}"))?;
+        match answer.get("seconds").and_then(Value::as_f64) {
+            Some(seconds) => Ok((seconds, answer.get("cpu").and_then(Value::as_f64).unwrap_or(f64::NAN))),
+            None => Err(format!("python: {command}: {}", answer.get("error").unwrap_or(&answer))),
+        }
+    }
+
+    fn quit(mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        drop(self.stdin);
+        let _ = self.child.wait();
+    }
+}
+
+/// One contender's samples in one figure.
+struct Contender {
+    name: &'static str,
+    samples: Vec<f64>,
+    /// CPU seconds `dockerd` and `containerd` used during each sample.
+    engine_cpu: Vec<f64>,
+    /// CPU seconds the client used during each sample: this process and its children (the
+    /// `docker` CLI, the re-executed chain), or the Python process.
+    client_cpu: Vec<f64>,
+}
+
+/// A figure: its contenders and what a sample is.
+struct Figure {
+    key: &'static str,
+    title: String,
+    unit: &'static str,
+    contenders: Vec<Contender>,
+    /// Other per-round numbers worth reporting (peak memory, bytes).
+    extra: BTreeMap<&'static str, Vec<f64>>,
+}
+
+impl Figure {
+    fn new(key: &'static str, title: String, unit: &'static str, names: &[&'static str]) -> Figure {
+        let contenders = names.iter().map(|&name| Contender { name, samples: Vec::new(), engine_cpu: Vec::new(), client_cpu: Vec::new() }).collect();
+        Figure { key, title, unit, contenders, extra: BTreeMap::new() }
+    }
+
+    fn samples(&self, name: &str) -> &[f64] {
+        self.contenders.iter().find(|c| c.name == name).map_or(&[], |c| &c.samples)
+    }
+}
+
+struct Bench {
+    docker: Docker,
+    seq_chain: Chain,
+    conc_chain: Chain,
+    python: Option<Python>,
+    /// CPU seconds of the latest Python command.
+    python_cpu: f64,
+    workdir: PathBuf,
+    job_dir: PathBuf,
+}
+
+const CHAIN: &str = "chain (Rust)";
+const BOLLARD: &str = "plain bollard loop";
+const DOCKER_RUN: &str = "docker run --rm loop";
+const PYTHON: &str = "chain (Python)";
+const BOLLARD_LOGS: &str = "bollard, logs followed";
+
+impl Bench {
+    fn true_argv() -> Vec<String> {
+        vec!["true".to_string()]
+    }
+
+    async fn seq(&mut self, contender: &str) -> Res<f64> {
+        let argv = Self::true_argv();
+        let job = Job { image: IMAGE, argv: &argv, dir: &self.job_dir };
+        let started = Instant::now();
+        match contender {
+            CHAIN => check_run(self.seq_chain.run(&BTreeMap::new()).await)?,
+            BOLLARD => bollard_loop(&self.docker, &job, SEQ_STAGES).await?,
+            DOCKER_RUN => docker_run_loop(&job, SEQ_STAGES)?,
+            PYTHON => {
+                let (seconds, cpu) = self.python.as_mut().ok_or("no python")?.ask(&format!("seq {SEQ_STAGES}"))?;
+                self.python_cpu = cpu;
+                return Ok(seconds);
+            }
+            other => unreachable!("{other}"),
+        }
+        Ok(started.elapsed().as_secs_f64())
+    }
+
+    /// Stages per second of `n` chains (or loops) of 3 stages at once.
+    async fn conc(&mut self, contender: &str, n: usize) -> Res<f64> {
+        let stages = (n * CONC_STAGES) as f64;
+        let started = Instant::now();
+        match contender {
+            CHAIN => {
+                let runs: Vec<_> = (0..n)
+                    .map(|_| {
+                        let chain = self.conc_chain.clone();
+                        tokio::spawn(async move { check_run(chain.run(&BTreeMap::new()).await) })
+                    })
+                    .collect();
+                for run in runs {
+                    run.await.map_err(|e| e.to_string())??;
+                }
+            }
+            BOLLARD => {
+                let job_dir = Arc::new(self.job_dir.clone());
+                let loops: Vec<_> = (0..n)
+                    .map(|_| {
+                        let docker = self.docker.clone();
+                        let job_dir = job_dir.clone();
+                        tokio::spawn(async move {
+                            let argv = Self::true_argv();
+                            bollard_loop(&docker, &Job { image: IMAGE, argv: &argv, dir: &job_dir }, CONC_STAGES).await
+                        })
+                    })
+                    .collect();
+                for l in loops {
+                    l.await.map_err(|e| e.to_string())??;
+                }
+            }
+            DOCKER_RUN => {
+                let argv = Self::true_argv();
+                let job = Job { image: IMAGE, argv: &argv, dir: &self.job_dir };
+                std::thread::scope(|scope| {
+                    let loops: Vec<_> = (0..n).map(|_| scope.spawn(|| docker_run_loop(&job, CONC_STAGES))).collect();
+                    loops.into_iter().map(|l| l.join().unwrap_or_else(|_| Err("panicked".into()))).collect::<Res<Vec<()>>>()
+                })?;
+            }
+            PYTHON => {
+                let (seconds, cpu) = self.python.as_mut().ok_or("no python")?.ask(&format!("gather {n} {CONC_STAGES}"))?;
+                self.python_cpu = cpu;
+                return Ok(stages / seconds);
+            }
+            other => unreachable!("{other}"),
+        }
+        Ok(stages / started.elapsed().as_secs_f64())
+    }
+
+    /// Wall seconds of the 100 MiB stage; extra numbers go into `extra`.
+    async fn output(&mut self, contender: &str, extra: &mut BTreeMap<&'static str, Vec<f64>>) -> Res<f64> {
+        let argv = output_command();
+        let job = Job { image: IMAGE, argv: &argv, dir: &self.job_dir };
+        match contender {
+            CHAIN => {
+                let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+                let mut command = Command::new(exe);
+                command.arg("--child-output").arg(&self.workdir);
+                let measured = tokio::task::spawn_blocking(move || run_measured(command, true))
+                    .await
+                    .map_err(|e| e.to_string())??;
+                if !measured.success {
+                    return Err("the chain's child process failed".into());
+                }
+                let report: Value = serde_json::from_str(measured.stdout.trim()).map_err(|e| e.to_string())?;
+                let number = |key: &str| report.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN);
+                extra.entry("chain peak RSS, MiB").or_default().push(measured.max_rss as f64 / (1 << 20) as f64);
+                extra.entry("chain run() alone, s").or_default().push(number("run_seconds"));
+                extra.entry("chain output seen, MiB").or_default().push((number("kept") + number("dropped")) / (1 << 20) as f64);
+                Ok(measured.seconds)
+            }
+            DOCKER_RUN => {
+                let mut command = docker_run_command(&job);
+                command.stdout(Stdio::null());
+                let measured = tokio::task::spawn_blocking(move || run_measured(command, false))
+                    .await
+                    .map_err(|e| e.to_string())??;
+                if !measured.success {
+                    return Err("docker run of the output stage failed".into());
+                }
+                extra.entry("docker CLI peak RSS, MiB").or_default().push(measured.max_rss as f64 / (1 << 20) as f64);
+                Ok(measured.seconds)
+            }
+            BOLLARD_LOGS => {
+                let started = Instant::now();
+                let bytes = floor::bollard_followed(&self.docker, &job).await?;
+                extra.entry("bollard output seen, MiB").or_default().push(bytes as f64 / (1 << 20) as f64);
+                Ok(started.elapsed().as_secs_f64())
+            }
+            other => unreachable!("{other}"),
+        }
+    }
+}
+
+fn check_run(ran: Result<Vec<chainlink::StageResult>, chainlink::Error>) -> Res<()> {
+    let results = ran.map_err(|e| e.to_string())?;
+    match results.iter().find(|r| !r.success()) {
+        Some(r) => Err(format!("stage {} failed: {:?}", r.index, r.outcome)),
+        None => Ok(()),
+    }
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+async fn bench(args: &Args) -> Res<()> {
+    let docker = Docker::connect_with_local_defaults().map_err(|e| e.to_string())?;
+    let docker = docker.negotiate_version().await.map_err(|e| format!("engine: {e}"))?;
+    docker.inspect_image(IMAGE).await.map_err(|e| format!("{IMAGE}: {e} (run scripts/build-test-images.sh)"))?;
+    let workdir = std::env::temp_dir().join(format!("chainlink-bench-{}", std::process::id()));
+    let job_dir = workdir.join("job");
+    std::fs::create_dir_all(&job_dir).map_err(|e| format!("{}: {e}", job_dir.display()))?;
+    let ran = bench_in(args, docker.clone(), &workdir, &job_dir).await;
+    let left = floor::remove_leftovers(&docker).await;
+    if left > 0 {
+        eprintln!("removed {left} leftover floor container(s)");
+    }
+    let _ = std::fs::remove_dir_all(&workdir);
+    ran
+}
+
+async fn bench_in(args: &Args, docker: Docker, workdir: &Path, job_dir: &Path) -> Res<()> {
+    let has = |s: &str| args.sections.iter().any(|x| x == s);
+    let options = ChainOptions::default().workdir(workdir).pull(PullPolicy::Never);
+    let trivial = |n: usize| vec![Stage::new(IMAGE).entrypoint(["true"]); n];
+    let seq_chain = Chain::new(trivial(SEQ_STAGES), options.clone()).await.map_err(|e| e.to_string())?;
+    let conc_chain = Chain::new(trivial(CONC_STAGES), options).await.map_err(|e| e.to_string())?;
+    let python = match (&args.python, has("d")) {
+        (Some(python), true) => Some(Python::start(python, &args.script, workdir)?),
+        _ => None,
+    };
+    let with_python = python.is_some();
+    let mut bench = Bench { docker, seq_chain, conc_chain, python, python_cpu: 0.0, workdir: workdir.to_path_buf(), job_dir: job_dir.to_path_buf() };
+
+    let mut figures: Vec<Figure> = Vec::new();
+    if has("a") {
+        let mut names = vec![CHAIN, BOLLARD, DOCKER_RUN];
+        if with_python {
+            names.push(PYTHON);
+        }
+        figures.push(Figure::new("a", format!("(a) {SEQ_STAGES} stages `true` in sequence"), "s", &names));
+    }
+    if has("b") {
+        for n in CONCURRENCY {
+            let mut names = vec![CHAIN, BOLLARD, DOCKER_RUN];
+            if with_python && n == PY_CONCURRENCY {
+                names.push(PYTHON);
+            }
+            let key = if n == 8 { "b8" } else { "b32" };
+            figures.push(Figure::new(key, format!("(b) {n} chains x {CONC_STAGES} stages at once"), "stages/s", &names));
+        }
+    }
+    if has("c") {
+        figures.push(Figure::new("c", "(c) one stage printing 100 MiB".into(), "s", &[CHAIN, DOCKER_RUN, BOLLARD_LOGS]));
+    }
+
+    let engine = engine_pids();
+    if engine.is_empty() {
+        eprintln!("dockerd and containerd not found in /proc: engine CPU will read 0");
+    }
+    let started_load = load();
+    eprintln!("load average at start: {started_load}");
+    let passes: Vec<Option<usize>> = if args.warmup { vec![None] } else { vec![] };
+    let passes = passes.into_iter().chain((0..args.rounds).map(Some));
+    for pass in passes {
+        let label = pass.map_or("warm-up".to_string(), |r| format!("round {}/{}", r + 1, args.rounds));
+        for figure in figures.iter_mut() {
+            let order = round_order(figure.contenders.len(), pass.unwrap_or(0));
+            let mut extra = BTreeMap::new();
+            for i in order {
+                let name = figure.contenders[i].name;
+                let (engine_before, client_before) = (cpu_of(&engine), client_cpu());
+                bench.python_cpu = 0.0;
+                let value = match figure.key {
+                    "a" => bench.seq(name).await,
+                    "b8" => bench.conc(name, 8).await,
+                    "b32" => bench.conc(name, 32).await,
+                    "c" => bench.output(name, &mut extra).await,
+                    _ => unreachable!(),
+                }
+                .map_err(|e| format!("{} / {name}: {e}", figure.key))?;
+                let engine_used = cpu_of(&engine) - engine_before;
+                let client_used = client_cpu() - client_before + bench.python_cpu;
+                eprintln!(
+                    "{label:>12}  {:<4} {name:<24} {:>6} {:<8} (CPU s: engine {}, client {})",
+                    figure.key,
+                    fmt3(value),
+                    figure.unit,
+                    fmt3(engine_used),
+                    fmt3(client_used)
+                );
+                if pass.is_some() {
+                    let contender = &mut figure.contenders[i];
+                    contender.samples.push(value);
+                    contender.engine_cpu.push(engine_used);
+                    contender.client_cpu.push(client_used);
+                }
+            }
+            if pass.is_some() {
+                for (k, v) in extra {
+                    figure.extra.entry(k).or_default().extend(v);
+                }
+            }
+        }
+    }
+    let ended_load = load();
+    if let Some(python) = bench.python.take() {
+        python.quit();
+    }
+
+    let report = render(&figures, args.rounds, &started_load, &ended_load);
+    println!("{report}");
+    if let Some(path) = &args.json {
+        let raw = json!({
+            "rounds": args.rounds,
+            "load_start": started_load,
+            "load_end": ended_load,
+            "figures": figures.iter().map(|f| json!({
+                "key": f.key,
+                "title": f.title,
+                "unit": f.unit,
+                "samples": f.contenders.iter().map(|c| (c.name.to_string(), json!(c.samples))).collect::<serde_json::Map<_, _>>(),
+                "engine_cpu": f.contenders.iter().map(|c| (c.name.to_string(), json!(c.engine_cpu))).collect::<serde_json::Map<_, _>>(),
+                "client_cpu": f.contenders.iter().map(|c| (c.name.to_string(), json!(c.client_cpu))).collect::<serde_json::Map<_, _>>(),
+                "extra": f.extra.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            })).collect::<Vec<_>>(),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&raw).unwrap()).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn summary_cell(samples: &[f64]) -> String {
+    match Summary::of(samples) {
+        Some(s) => format!("{:>8}  {:>8} – {:<8}", fmt3(s.median), fmt3(s.min), fmt3(s.max)),
+        None => "-".into(),
+    }
+}
+
+/// A ratio line: `num / den` by medians, with the min–max of the round-by-round ratios, and
+/// whether it meets its target.
+fn ratio_line(name: &str, num: &[f64], den: &[f64], target: Option<(&str, f64)>) -> String {
+    let (Some(n), Some(d)) = (Summary::of(num), Summary::of(den)) else { return format!("  {name}: -") };
+    let ratio = n.median / d.median;
+    let rounds = Summary::of(&paired_ratios(num, den));
+    let spread = rounds.map_or(String::new(), |r| format!(" (per round {}–{})", fmt3(r.min), fmt3(r.max)));
+    let verdict = match target {
+        Some(("<=", t)) => format!("  target <= {t}: {}", if ratio <= t { "met" } else { "MISSED" }),
+        Some((_, t)) => format!("  target >= {t}: {}", if ratio >= t { "met" } else { "MISSED" }),
+        None => String::new(),
+    };
+    format!("  {name:<46} {:>6}{spread}{verdict}", fmt3(ratio))
+}
+
+/// Per round, the better of the two floor contenders (the engine's ceiling in stages/s).
+fn ceiling(figure: &Figure) -> Vec<f64> {
+    let (a, b) = (figure.samples(BOLLARD), figure.samples(DOCKER_RUN));
+    a.iter().zip(b).map(|(x, y)| x.max(*y)).collect()
+}
+
+fn render(figures: &[Figure], rounds: usize, load_start: &str, load_end: &str) -> String {
+    let mut out = String::new();
+    out += &format!("\nchainlink-bench: {rounds} round(s); load average {load_start} at start, {load_end} at end\n");
+    for f in figures {
+        out += &format!("\n{} [{}]          median       min – max\n", f.title, f.unit);
+        for c in &f.contenders {
+            out += &format!("  {:<28}{}\n", c.name, summary_cell(&c.samples));
+        }
+        out += "  CPU seconds per sample (median)   engine  client\n";
+        for c in &f.contenders {
+            let median = |v: &[f64]| Summary::of(v).map_or("-".to_string(), |s| fmt3(s.median));
+            out += &format!("    {:<30}{:>8}{:>8}\n", c.name, median(&c.engine_cpu), median(&c.client_cpu));
+        }
+        for (k, v) in &f.extra {
+            out += &format!("  {k:<28}{}\n", summary_cell(v));
+        }
+        match f.key {
+            "a" => {
+                out += &ratio_line("chain / plain bollard loop", f.samples(CHAIN), f.samples(BOLLARD), Some(("<=", 1.0)));
+                out += "\n";
+                out += &ratio_line("chain / docker run loop", f.samples(CHAIN), f.samples(DOCKER_RUN), None);
+                out += "\n";
+                if !f.samples(PYTHON).is_empty() {
+                    out += &ratio_line("Python run() / Rust chain", f.samples(PYTHON), f.samples(CHAIN), Some(("<=", 1.05)));
+                    out += "\n";
+                }
+            }
+            "b8" | "b32" => {
+                let ceil = ceiling(f);
+                out += &ratio_line("chain / ceiling (best floor of the round)", f.samples(CHAIN), &ceil, Some((">=", 0.95)));
+                out += "\n";
+                out += &ratio_line("chain / concurrent bollard loops", f.samples(CHAIN), f.samples(BOLLARD), None);
+                out += "\n";
+                out += &ratio_line("chain / concurrent docker run loops", f.samples(CHAIN), f.samples(DOCKER_RUN), None);
+                out += "\n";
+                if !f.samples(PYTHON).is_empty() {
+                    out += &ratio_line("Python gather / Rust chains", f.samples(PYTHON), f.samples(CHAIN), Some((">=", 0.9)));
+                    out += "\n";
+                }
+            }
+            "c" => {
+                out += &ratio_line("chain / docker run > /dev/null", f.samples(CHAIN), f.samples(DOCKER_RUN), Some(("<=", 1.2)));
+                out += "\n";
+                out += &ratio_line("chain / bollard with logs followed", f.samples(CHAIN), f.samples(BOLLARD_LOGS), None);
+                out += "\n";
+                if let Some(rss) = f.extra.get("chain peak RSS, MiB").and_then(|v| Summary::of(v)) {
+                    let verdict = if rss.max <= 64.0 { "met" } else { "MISSED" };
+                    out += &format!("  chain peak RSS (max of rounds) {:>6} MiB  target <= 64 MiB: {verdict}\n", fmt3(rss.max));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
