@@ -165,7 +165,7 @@ class Chainlink:
             raise
 
 
-def _deliver(loop: asyncio.AbstractEventLoop, future: asyncio.Future, ok: bool, value: Any) -> None:
+def _deliver(loop: asyncio.AbstractEventLoop, future: "asyncio.Future[Any]", ok: bool, value: Any) -> None:
     """Called once from a runtime thread when a run started by ``run_async`` ends."""
     try:
         loop.call_soon_threadsafe(_settle, future, ok, value)
@@ -173,7 +173,7 @@ def _deliver(loop: asyncio.AbstractEventLoop, future: asyncio.Future, ok: bool, 
         pass  # the loop is closed: nobody awaits the run any more
 
 
-def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
+def _settle(future: "asyncio.Future[Any]", ok: bool, value: Any) -> None:
     if future.done():
         return
     if ok:

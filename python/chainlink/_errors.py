@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, List, Optional
+from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Tuple
 
 if TYPE_CHECKING:
     from . import StageResult
@@ -28,6 +28,9 @@ class ImageNotFound(ChainlinkError):
         super().__init__(message)
         self.images = list(images)
 
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
+        return (type(self), (str(self), self.images))
+
 
 class InvalidStage(ChainlinkError, ValueError):
     """The stages (or the workdir, or the run's environ) are not valid.
@@ -39,6 +42,9 @@ class InvalidStage(ChainlinkError, ValueError):
     def __init__(self, message: str, problems: Iterable[str] = ()) -> None:
         super().__init__(message)
         self.problems = list(problems)
+
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
+        return (type(self), (str(self), self.problems))
 
 
 class EngineError(ChainlinkError):
@@ -60,6 +66,9 @@ class EngineError(ChainlinkError):
         super().__init__(message)
         self.results = list(results) if results is not None else []
         self.stage = stage
+
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
+        return (type(self), (str(self), self.results, self.stage))
 
 
 __all__ = ["ChainlinkError", "EngineUnavailable", "ImageNotFound", "InvalidStage", "EngineError"]

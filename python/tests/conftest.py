@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, List, Tuple
 
@@ -71,6 +72,21 @@ def wait_for(condition: Callable[[], bool], timeout: float = 20.0, interval: flo
             return True
         time.sleep(interval)
     return condition()
+
+
+def parse_time(text: str) -> datetime:
+    # The engine's RFC 3339 times carry nanoseconds; fromisoformat takes microseconds.
+    head, _, rest = text.partition(".")
+    fraction = rest.rstrip("Z")[:6].ljust(6, "0")
+    return datetime.fromisoformat(f"{head}.{fraction}+00:00")
+
+
+def running_span(runs):
+    """(whether all the containers ran at one moment, seconds from the first start to the last
+    finish), by the engine's clock."""
+    starts = [parse_time(run[0]["data"]["StartedAt"]) for run in runs]
+    ends = [parse_time(run[0]["data"]["FinishedAt"]) for run in runs]
+    return max(starts) < min(ends), (max(ends) - min(starts)).total_seconds()
 
 
 @pytest.fixture

@@ -151,3 +151,17 @@ def test_an_unreachable_engine_raises_engine_unavailable(workdir, monkeypatch):
     with pytest.raises(EngineUnavailable) as caught:
         Chainlink([stage("true")], workdir=str(workdir))
     assert "no-docker.sock" in str(caught.value) or "connect" in str(caught.value)
+
+
+def test_exceptions_keep_their_attributes_through_pickle():
+    import pickle
+
+    for error in (
+        InvalidStage("2 problems", problems=["a", "b"]),
+        ImageNotFound("gone", images=["x"]),
+        EngineError("failed", results=[{"success": True}], stage=1),
+        EngineUnavailable("no engine"),
+    ):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+        assert copy.__dict__ == error.__dict__

@@ -13,7 +13,7 @@ import time
 
 from chainlink import Chainlink
 
-from conftest import IMAGE, assert_no_leftovers, containers_of, leftovers, stage, wait_for
+from conftest import IMAGE, assert_no_leftovers, containers_of, leftovers, running_span, stage, wait_for
 
 SCRIPT = textwrap.dedent(
     """
@@ -121,6 +121,33 @@ def test_runs_in_threads_go_on_at_the_same_time_with_the_gil_released(workdir):
         time.sleep(0.01)
     elapsed = time.monotonic() - started
     assert all(r[0]["success"] for r in results)
-    assert elapsed < 5.5, elapsed  # one after the other: over 6 s of sleep alone
+    overlap, span = running_span(results)
+    print(f"3 chains of sleep 2 in threads: {elapsed:.2f} s, containers running over {span:.2f} s")
+    assert overlap and span < 4.0, span  # one after the other: over 6 s of sleep alone
     assert len(ticks) > 50
+    assert_no_leftovers(workdir)
+
+
+_INHERITED: dict = {}
+
+
+def _run_in_child(_):
+    return _INHERITED["chain"].run()[0]["logs"]["stdout"]
+
+
+def test_forked_children_run_chains_made_before_the_fork(workdir):
+    """multiprocessing's fork start method: the child has none of the runtime's threads and must
+    make its own."""
+    import multiprocessing
+
+    chain = Chainlink([stage("echo forked")], workdir=str(workdir))
+    assert chain.run()[0]["success"]  # the parent's runtime exists before the fork
+    _INHERITED["chain"] = chain  # inherited by the children, not pickled
+    context = multiprocessing.get_context("fork")
+    try:
+        with context.Pool(2) as pool:
+            outputs = pool.map_async(_run_in_child, range(4)).get(60)
+    finally:
+        _INHERITED.clear()
+    assert all(out.endswith(b" forked\n") for out in outputs)
     assert_no_leftovers(workdir)

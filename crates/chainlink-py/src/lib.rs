@@ -15,13 +15,14 @@
 //!   builds `run_async` on it.
 
 mod convert;
+mod engine;
 mod errors;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chainlink::{CancellationToken, ChainOptions, Error, RunControl, StageResult};
@@ -32,11 +33,17 @@ use tokio::runtime::Runtime;
 /// How long `run()` and the constructor wait, GIL released, between looks at pending signals.
 const SIGNAL_SLICE: Duration = Duration::from_millis(50);
 
-static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+/// The runtime and the process that made it. A child forked from that process (multiprocessing's
+/// default on Linux) inherits the runtime's memory but none of its threads: it makes its own.
+static RUNTIME: Mutex<Option<(u32, &'static Runtime)>> = Mutex::new(None);
 
 fn runtime() -> PyResult<&'static Runtime> {
-    if let Some(runtime) = RUNTIME.get() {
-        return Ok(runtime);
+    let pid = std::process::id();
+    let mut slot = RUNTIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((owner, runtime)) = *slot {
+        if owner == pid {
+            return Ok(runtime);
+        }
     }
     let built = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -44,8 +51,11 @@ fn runtime() -> PyResult<&'static Runtime> {
         .enable_all()
         .build()
         .map_err(|e| PyRuntimeError::new_err(format!("failed to start chainlink's runtime: {e}")))?;
-    // Another thread may have won the race; its runtime is used and this one dropped.
-    Ok(RUNTIME.get_or_init(|| built))
+    // Never dropped: it lives as long as the process (and a forked parent's copy must not be
+    // shut down from a child that does not own its threads).
+    let runtime: &'static Runtime = Box::leak(Box::new(built));
+    *slot = Some((pid, runtime));
+    Ok(runtime)
 }
 
 /// Waits for `rx` with the GIL released, in slices, handling signals between slices. When a
@@ -95,7 +105,7 @@ impl Chain {
         let options = ChainOptions::default().workdir(workdir.unwrap_or_else(|| PathBuf::from("/tmp")));
         let (tx, rx) = mpsc::channel();
         let task = runtime()?.spawn(async move {
-            let _ = tx.send(chainlink::Chain::new(parsed, options).await);
+            let _ = tx.send(build(parsed, options).await);
         });
         // Construction holds nothing that needs cleaning: an interrupted one is just aborted.
         let built = wait_interruptibly(py, rx, || task.abort())?;
@@ -175,6 +185,14 @@ impl Chain {
         });
         Ok(rx)
     }
+}
+
+/// `chainlink::Chain::new`, on the Docker engine wrapped so that cancelled runs leave no
+/// container behind (see `engine`).
+async fn build(stages: Vec<chainlink::Stage>, options: ChainOptions) -> Result<chainlink::Chain, Error> {
+    let docker = chainlink::DockerEngine::connect().await.map_err(Error::EngineUnavailable)?;
+    let engine: chainlink::engine::SharedEngine = Arc::new(engine::SettledCreates::new(Arc::new(docker)));
+    chainlink::Chain::with_engine(stages, options, engine).await
 }
 
 fn finish<'py>(py: Python<'py>, ended: Result<Vec<StageResult>, Error>) -> PyResult<Bound<'py, PyAny>> {
