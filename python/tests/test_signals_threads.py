@@ -37,6 +37,9 @@ def test_ctrl_c_during_run_cleans_up_and_raises_keyboard_interrupt(workdir):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell's background job starts with SIGINT ignored, and Python then keeps it ignored:
+        # give the child the default disposition, so that it installs its KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert child.stdout.readline().strip() == "running"
@@ -62,6 +65,8 @@ def test_ctrl_c_can_be_caught_and_the_chain_run_again(workdir):
     """In-process: the interrupt arrives while run() waits, the caller catches it, and the same
     chain still runs."""
     chain = Chainlink([stage("sleep", "30")], workdir=str(workdir))
+    # Python's own handler, even where this process started with SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     started = time.monotonic()
@@ -73,6 +78,7 @@ def test_ctrl_c_can_be_caught_and_the_chain_run_again(workdir):
         interrupted = False
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert interrupted
     assert time.monotonic() - started < 15
     assert leftovers(workdir) == ([], [])
