@@ -131,6 +131,9 @@ struct Held {
     workspace: Option<PathBuf>,
     /// Removals going on in the background, awaited before the run returns.
     removals: Vec<tokio::task::JoinHandle<()>>,
+    /// Creates sent to the engine, each a task of its own: a create dropped mid-flight would
+    /// still make its container, after a removal by name had found nothing.
+    creates: Vec<tokio::task::JoinHandle<()>>,
     done: bool,
 }
 
@@ -154,6 +157,28 @@ impl RunGuard {
         self.held.lock().unwrap().containers.push(container.to_string());
     }
 
+    /// Creates a container, tracked by name before the engine hears of it. The create runs as
+    /// a task that nothing drops, so when the run is cancelled meanwhile, cleanup first waits
+    /// for the engine's answer and then removes what it made.
+    pub(crate) async fn create(&self, spec: &ContainerSpec<'_>) -> Result<String, EngineError> {
+        self.track(&spec.name);
+        let engine = self.engine.clone();
+        let stage = spec.stage.clone();
+        let owned = (spec.name.clone(), spec.env.clone(), spec.job.clone(), spec.labels.clone());
+        let overrides = (spec.user_override.clone(), spec.entrypoint_override.clone());
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let create = tokio::spawn(async move {
+            let (name, env, job, labels) = owned;
+            let (user_override, entrypoint_override) = overrides;
+            let spec = ContainerSpec { name, stage: &stage, env, job, labels, user_override, entrypoint_override };
+            let _ = answer.send(engine.create(&spec).await.map(|_| spec.name));
+        });
+        self.held.lock().unwrap().creates.push(create);
+        answered.await.unwrap_or_else(|_| {
+            Err(EngineError::new(crate::engine::EngineErrorKind::Other, "the create ended without the engine's answer"))
+        })
+    }
+
     /// Removes one container in the background, off the run's critical path; it stays held
     /// (and so is removed by [`RunGuard::cleanup`] or the drop) until the removal succeeds.
     pub(crate) fn release_in_background(&self, container: &str) {
@@ -170,9 +195,12 @@ impl RunGuard {
 
     /// Removes every container still held and the workspace. Safe to call more than once.
     pub(crate) async fn cleanup(&self) -> Result<(), CleanupError> {
-        let removals = std::mem::take(&mut self.held.lock().unwrap().removals);
-        for removal in removals {
-            let _ = removal.await;
+        let (creates, removals) = {
+            let mut held = self.held.lock().unwrap();
+            (std::mem::take(&mut held.creates), std::mem::take(&mut held.removals))
+        };
+        for task in creates.into_iter().chain(removals) {
+            let _ = task.await;
         }
         let (containers, workspace) = {
             let held = self.held.lock().unwrap();
@@ -191,13 +219,20 @@ impl RunGuard {
 
 impl Drop for RunGuard {
     fn drop(&mut self) {
-        let (containers, workspace) = {
-            let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let (containers, workspace, creates) = {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
             if held.done || (held.containers.is_empty() && held.workspace.is_none()) {
                 return;
             }
-            (held.containers.clone(), held.workspace.clone())
+            (held.containers.clone(), held.workspace.clone(), std::mem::take(&mut held.creates))
         };
+        // Creates in flight go on as tasks of the caller's runtime; give them a moment to be
+        // answered so that the removals below find what they made. (On a single-threaded
+        // runtime that this thread drives they cannot progress: the bound keeps this short.)
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while creates.iter().any(|c| !c.is_finished()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         // The run future was dropped mid-flight. The caller's runtime may be the one this
         // thread is driving, so clean up from a thread of its own on a new connection, and wait
         // for it: when this returns, nothing of the run is left.

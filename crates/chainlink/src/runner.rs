@@ -265,11 +265,7 @@ impl Chain {
             user_override: None,
             entrypoint_override: None,
         };
-        // Tracked by name before the engine hears of it: a run cancelled while the create is
-        // in flight still removes the container the engine may have made.
-        guard.track(&spec.name);
-        self.engine.create(&spec).await?;
-        Ok(spec.name)
+        guard.create(&spec).await
     }
 
     /// Drives a started stage to its end: waits up to the timeout (then kills), collects its

@@ -290,3 +290,35 @@ async fn one_image_under_two_spellings_is_pulled_once() {
     assert!(run(&chain).await.iter().all(|r| r.success()));
     assert_nothing_left(dir.path());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_at_any_early_moment_leaves_nothing() {
+    // The riskiest moments are while a create is in flight: the engine makes the container
+    // even when the request's future is gone. Cancel at a spread of moments around them.
+    let dir = workdir();
+    let chain = chain(vec![sh("sleep 5"), sh("true")], dir.path()).await;
+    let runs = [0u64, 2, 5, 10, 15, 20, 30, 45, 60, 90].map(|delay_ms| {
+        let chain = chain.clone();
+        async move {
+            let cancel = CancellationToken::new();
+            let control = RunControl { cancel: cancel.clone(), events: None };
+            let run = tokio::spawn(async move { chain.run_with(&Default::default(), control).await });
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            cancel.cancel();
+            let error = run.await.unwrap().unwrap_err();
+            assert!(matches!(error, Error::Cancelled { .. }), "{error}");
+        }
+    });
+    futures_util::future::join_all(runs).await;
+    assert_nothing_left(dir.path());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropping_the_run_at_any_early_moment_leaves_nothing() {
+    let dir = workdir();
+    let chain = chain(vec![sh("sleep 5"), sh("true")], dir.path()).await;
+    for delay_ms in [0u64, 3, 8, 15, 30, 60] {
+        let _ = tokio::time::timeout(Duration::from_millis(delay_ms), chain.run(&Default::default())).await;
+    }
+    assert_nothing_left(dir.path());
+}
