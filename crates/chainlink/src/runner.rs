@@ -10,7 +10,9 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::cleanup::{container_labels, RunGuard, RunId};
-use crate::engine::{ContainerSpec, DockerEngine, Engine, EngineError, ImageRef, LogChunk, SharedEngine, StreamKind};
+use crate::engine::{
+    ContainerSpec, DockerEngine, Engine, EngineError, EngineErrorKind, ImageRef, LogChunk, SharedEngine, StreamKind,
+};
 use crate::error::{Error, ImageFailure};
 use crate::events::{emit, Event, EventSink, ImageSource};
 use crate::outcome::{log_stamp, Outcome, OutputBuffer, StageResult};
@@ -186,7 +188,13 @@ impl Chain {
         let cleaned = guard.cleanup().await;
         match (ended, cleaned) {
             (Err(None), _) => Err(Error::Cancelled { results }),
-            (Err(Some((index, source))), _) => {
+            (Err(Some((index, mut source))), _) => {
+                // The engine's own words ("error reading a body from connection") do not say
+                // that it is the engine that went away, nor which one.
+                if source.kind == EngineErrorKind::Unavailable {
+                    source.message =
+                        format!("lost the connection to the Docker engine at {}: {}", self.engine.endpoint(), source.message);
+                }
                 Err(Error::Stage { index, image: self.stages[index].image.clone(), results, source })
             }
             (Ok(()), Err(source)) => Err(Error::Cleanup { results, source }),

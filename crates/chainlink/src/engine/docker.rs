@@ -109,7 +109,9 @@ impl DockerEngine {
             security_opt.push("no-new-privileges".to_string());
         }
         // The engine's own copy of the output is bounded too, so a stage that prints for ever
-        // cannot fill the daemon's disk: two files of at most the kept size plus slack.
+        // cannot fill the daemon's disk: two files of at most the kept size plus slack. The
+        // `local` driver stores the bytes as written (`json-file` turns invalid UTF-8 into
+        // U+FFFD); rotated files are left uncompressed to spare the engine's CPU.
         let log_max = (stage.output_limit.saturating_mul(2)).max(1 << 20);
         let host_config = HostConfig {
             binds: Some(vec![format!("{}:/job:rw", dir.display())]),
@@ -134,10 +136,11 @@ impl DockerEngine {
             tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
             runtime: stage.runtime.clone(),
             log_config: Some(HostConfigLogConfig {
-                typ: Some("json-file".to_string()),
+                typ: Some("local".to_string()),
                 config: Some(HashMap::from([
                     ("max-size".to_string(), log_max.to_string()),
                     ("max-file".to_string(), "2".to_string()),
+                    ("compress".to_string(), "false".to_string()),
                 ])),
             }),
             ..Default::default()
