@@ -22,6 +22,10 @@ pub struct SecondDaemon {
     pub driver: &'static str,
 }
 
+/// Where containerd's shims bind their sockets, whatever containerd's own paths; a SIGKILLed
+/// shim leaves its socket there.
+const SHIM_SOCKETS: &str = "/run/containerd/s/";
+
 impl SecondDaemon {
     /// Starts dockerd with storage driver `vfs`, or `fuse-overlayfs` if `vfs` does not come up.
     /// The error says what each attempt printed.
@@ -146,8 +150,8 @@ impl SecondDaemon {
 
     /// SIGKILLs the daemon and everything it started: dockerd's process group, then every
     /// process whose command line names the daemon's directory (containerd, the shims) and all
-    /// their descendants (the containers' processes), until none is left. Returns what it
-    /// killed: `pid command` of each.
+    /// their descendants (the containers' processes), until none is left; removes the sockets
+    /// the shims bound. Returns what it killed: `pid command` of each.
     pub fn kill(&mut self) -> Vec<String> {
         let killed = self.kill_pids();
         killed.into_iter().map(|(pid, name)| format!("{pid} {name}")).collect()
@@ -172,11 +176,15 @@ impl SecondDaemon {
             if targets.is_empty() || Instant::now() > deadline {
                 break;
             }
+            let sockets = shim_sockets_of(&targets);
             for pid in &targets {
                 let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
                 // SAFETY: as above.
                 unsafe { libc::kill(*pid, libc::SIGKILL) };
                 killed.insert(*pid, name.trim().to_string());
+            }
+            for socket in sockets {
+                let _ = std::fs::remove_file(socket);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -223,6 +231,32 @@ impl Drop for SecondDaemon {
         }
         drop(dir);
     }
+}
+
+/// The paths under [`SHIM_SOCKETS`] of the unix sockets `pids` hold: their fds' socket inodes,
+/// looked up in /proc/net/unix.
+fn shim_sockets_of(pids: &BTreeSet<i32>) -> Vec<PathBuf> {
+    let mut inodes = BTreeSet::new();
+    for pid in pids {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+            let target = target.to_string_lossy().into_owned();
+            if let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')) {
+                inodes.insert(inode.to_string());
+            }
+        }
+    }
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (inode, path) = (fields.get(6)?, fields.get(7)?);
+            (inodes.contains(*inode) && path.starts_with(SHIM_SOCKETS)).then(|| PathBuf::from(path))
+        })
+        .collect()
 }
 
 fn mounts_under(root: &Path) -> Vec<String> {
