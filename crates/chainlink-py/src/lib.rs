@@ -15,7 +15,6 @@
 //!   builds `run_async` on it.
 
 mod convert;
-mod engine;
 mod errors;
 
 use std::collections::BTreeMap;
@@ -105,7 +104,7 @@ impl Chain {
         let options = ChainOptions::default().workdir(workdir.unwrap_or_else(|| PathBuf::from("/tmp")));
         let (tx, rx) = mpsc::channel();
         let task = runtime()?.spawn(async move {
-            let _ = tx.send(build(parsed, options).await);
+            let _ = tx.send(chainlink::Chain::new(parsed, options).await);
         });
         // Construction holds nothing that needs cleaning: an interrupted one is just aborted.
         let built = wait_interruptibly(py, rx, || task.abort())?;
@@ -185,14 +184,6 @@ impl Chain {
         });
         Ok(rx)
     }
-}
-
-/// `chainlink::Chain::new`, on the Docker engine wrapped so that cancelled runs leave no
-/// container behind (see `engine`).
-async fn build(stages: Vec<chainlink::Stage>, options: ChainOptions) -> Result<chainlink::Chain, Error> {
-    let docker = chainlink::DockerEngine::connect().await.map_err(Error::EngineUnavailable)?;
-    let engine: chainlink::engine::SharedEngine = Arc::new(engine::SettledCreates::new(Arc::new(docker)));
-    chainlink::Chain::with_engine(stages, options, engine).await
 }
 
 fn finish<'py>(py: Python<'py>, ended: Result<Vec<StageResult>, Error>) -> PyResult<Bound<'py, PyAny>> {
