@@ -47,7 +47,8 @@ pub struct Output {
     /// The kept bytes: the beginning of the stream, whole log lines, ending with a marker
     /// line when anything was dropped.
     pub bytes: Vec<u8>,
-    /// Bytes dropped after the limit was reached.
+    /// Bytes dropped after the limit was reached: a lower bound, since a stream that is full
+    /// is no longer read.
     pub dropped: u64,
 }
 
@@ -70,6 +71,11 @@ impl OutputBuffer {
         OutputBuffer { kept: Vec::new(), limit, dropped: 0 }
     }
 
+    /// Whether the limit has been reached: a chunk was dropped, and every later one will be.
+    pub(crate) fn full(&self) -> bool {
+        self.dropped > 0
+    }
+
     /// Keeps the chunk if it fits whole; once one chunk is dropped, every later one is too, so
     /// the kept part is always a prefix of the stream.
     pub(crate) fn push(&mut self, chunk: &[u8]) {
@@ -84,7 +90,7 @@ impl OutputBuffer {
         if self.dropped > 0 {
             // Timestamped like every other line, so line parsers need no special case.
             let marker = format!(
-                "{} [chainlink] output truncated: {} bytes dropped after the first {} bytes (output_limit {})\n",
+                "{} [chainlink] output truncated: at least {} bytes dropped after the first {} bytes (output_limit {})\n",
                 rfc3339_now(),
                 self.dropped,
                 self.kept.len(),
@@ -249,7 +255,7 @@ mod tests {
         assert_eq!(kept, "12345");
         let (stamp, message) = marker.split_once(' ').unwrap();
         assert!(stamp.len() == 30 && stamp.ends_with('Z') && &stamp[10..11] == "T", "{stamp}");
-        assert!(message.starts_with("[chainlink] output truncated: 8 bytes dropped"), "{message}");
+        assert!(message.starts_with("[chainlink] output truncated: at least 8 bytes dropped"), "{message}");
         let mut small = OutputBuffer::new(10);
         small.push(b"abc\n");
         assert_eq!(small.finish(), Output { bytes: b"abc\n".to_vec(), dropped: 0 });

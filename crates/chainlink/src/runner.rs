@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cleanup::{container_labels, RunGuard, RunId};
 use crate::engine::{
-    ContainerSpec, DockerEngine, Engine, EngineError, EngineErrorKind, ImageRef, LogChunk, SharedEngine, StreamKind,
+    ContainerSpec, DockerEngine, Engine, EngineError, EngineErrorKind, ImageRef, LogChunk, LogsRequest, SharedEngine, StreamKind,
 };
 use crate::error::{Error, ImageFailure};
 use crate::events::{emit, Event, EventSink, ImageSource};
@@ -21,6 +21,10 @@ use crate::workspace::{check_workdir, Workspace};
 
 /// How long a killed container may take to be reported stopped before we call the engine stuck.
 const KILL_GRACE: Duration = Duration::from_secs(30);
+
+/// Lines read again from the end of a stage's log once it stopped, to catch a last partial
+/// line that the follow stream ended before.
+const CATCH_UP_LINES: u32 = 64;
 
 /// Options of a chain as a whole.
 #[derive(Clone)]
@@ -290,11 +294,34 @@ impl Chain {
         let total = self.stages.len();
         let mut output = Collector::new(stage.output_limit, sink, index);
         let collect = async {
-            let mut stream = engine.logs(id, true, 0);
-            while let Some(chunk) = stream.next().await {
-                output.take(chunk?);
+            // Read both streams until one fills its buffer; then only the other, from where it
+            // was; then nothing. What a full stream prints later is never read: the engine
+            // serves its logs line by line, far slower than a stage can print, and keeps only
+            // a bounded tail of them anyway.
+            let mut first = true;
+            loop {
+                let wanted = output.wanted();
+                if wanted == [false, false] {
+                    return Ok(());
+                }
+                let since = if first { 0 } else { output.resume_from() };
+                let mut stream = engine.logs(id, output.request(true, since));
+                let mut filled = false;
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk?;
+                    if first || output.is_new(&chunk) {
+                        output.take(chunk);
+                    }
+                    if output.wanted() != wanted {
+                        filled = true;
+                        break;
+                    }
+                }
+                if !filled {
+                    return Ok::<_, EngineError>(());
+                }
+                first = false;
             }
-            Ok::<_, EngineError>(())
         };
         let wait = async {
             match tokio::time::timeout(stage.timeout.saturating_sub(started.elapsed()), engine.wait(id)).await {
@@ -315,16 +342,15 @@ impl Chain {
         // A follow stream may end when the container stops, before the engine has written the
         // last partial line (output without a final newline). Once the wait has returned the
         // log is complete: read again from the last second seen and keep only what is newer.
-        // A partial line is flushed when its stream closes, at the end: reading from the
-        // earliest of the streams' latest seconds is enough.
-        let seen = output.latest;
-        let since = seen.iter().flatten().map(|(secs, _)| *secs).min().unwrap_or(0);
-        let mut rest = engine.logs(id, false, since);
-        while let Some(chunk) = rest.next().await {
-            let chunk = chunk?;
-            let latest = seen[chunk.stream as usize];
-            if latest.is_none_or(|seen| log_stamp(&chunk.bytes).is_some_and(|stamp| stamp > seen)) {
-                output.take(chunk);
+        // Only the last lines can be missing, so the engine reads its log from the end.
+        if output.wanted() != [false, false] {
+            let request = LogsRequest { tail: Some(CATCH_UP_LINES), ..output.request(false, 0) };
+            let mut rest = engine.logs(id, request);
+            while let Some(chunk) = rest.next().await {
+                let chunk = chunk?;
+                if output.is_new(&chunk) {
+                    output.take(chunk);
+                }
             }
         }
         let (stdout, stderr) = (output.stdout.finish(), output.stderr.finish());
@@ -368,6 +394,31 @@ impl<'a> Collector<'a> {
         }
         let index = self.index;
         emit(self.sink, || Event::Output { index, stream: chunk.stream, bytes: chunk.bytes });
+    }
+
+    /// Which streams (stdout, stderr) still have room.
+    fn wanted(&self) -> [bool; 2] {
+        [!self.stdout.full(), !self.stderr.full()]
+    }
+
+    /// Whether a chunk read again comes after everything taken from its stream.
+    fn is_new(&self, chunk: &LogChunk) -> bool {
+        self.latest[chunk.stream as usize].is_none_or(|seen| log_stamp(&chunk.bytes).is_some_and(|stamp| stamp > seen))
+    }
+
+    /// The second to read again from: the earliest of the wanted streams' latest. A partial
+    /// line is flushed when its stream closes, at the end, so nothing before that is missed.
+    fn resume_from(&self) -> i64 {
+        let wanted = self.wanted();
+        // Both streams come in one sequence, in the order the engine logged them: a stream with
+        // nothing seen yet had nothing before the latest chunk of the other.
+        let overall = self.latest[0].max(self.latest[1]);
+        (0..2).filter(|&i| wanted[i]).filter_map(|i| self.latest[i].or(overall)).map(|(secs, _)| secs).min().unwrap_or(0)
+    }
+
+    fn request(&self, follow: bool, since_unix_secs: i64) -> LogsRequest {
+        let [stdout, stderr] = self.wanted();
+        LogsRequest { follow, since_unix_secs, stdout, stderr, tail: None }
     }
 }
 

@@ -20,7 +20,7 @@ use super::credentials::{CredentialSource, RegistryCredentials, Secret};
 use super::reference::ImageRef;
 use super::{
     ContainerSpec, ContainerState, Engine, EngineError, EngineErrorKind, JobMount, LabelledContainer,
-    LogChunk, PullProgress, SharedEngine, StreamKind,
+    LogChunk, LogsRequest, PullProgress, SharedEngine, StreamKind,
 };
 
 const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
@@ -358,9 +358,11 @@ impl Engine for DockerEngine {
         }
     }
 
-    fn logs(&self, id: &str, follow: bool, since_unix_secs: i64) -> BoxStream<'static, Result<LogChunk, EngineError>> {
+    fn logs(&self, id: &str, request: LogsRequest) -> BoxStream<'static, Result<LogChunk, EngineError>> {
+        let LogsRequest { follow, since_unix_secs, stdout, stderr, tail } = request;
         let since = i32::try_from(since_unix_secs).unwrap_or(0);
-        let options = LogsOptions { follow, since, stdout: true, stderr: true, timestamps: true, ..Default::default() };
+        let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
+        let options = LogsOptions { follow, since, stdout, stderr, tail, timestamps: true, ..Default::default() };
         self.client
             .logs(id, Some(options))
             .filter_map(|item| async move {

@@ -74,6 +74,19 @@ pub struct LogChunk {
     pub bytes: Bytes,
 }
 
+/// Which of a container's output to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogsRequest {
+    /// Keep reading until the container stops; else only what the engine holds now.
+    pub follow: bool,
+    /// From this second on (0: from the start).
+    pub since_unix_secs: i64,
+    pub stdout: bool,
+    pub stderr: bool,
+    /// Only the last lines, this many; all when `None`.
+    pub tail: Option<u32>,
+}
+
 /// A container's `State` as the engine reports it on inspection, with the engine's own keys.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerState {
@@ -165,9 +178,8 @@ pub trait Engine: Send + Sync + fmt::Debug + 'static {
     /// Waits for the container to stop and returns its exit code (any code: an outcome).
     async fn wait(&self, id: &str) -> Result<i64, EngineError>;
     async fn kill(&self, id: &str) -> Result<(), EngineError>;
-    /// The container's output from `since_unix_secs` on (0: from its start); with `follow`,
-    /// until it stops, else what the engine holds now.
-    fn logs(&self, id: &str, follow: bool, since_unix_secs: i64) -> BoxStream<'static, Result<LogChunk, EngineError>>;
+    /// The container's output as `request` asks.
+    fn logs(&self, id: &str, request: LogsRequest) -> BoxStream<'static, Result<LogChunk, EngineError>>;
     async fn inspect_state(&self, id: &str) -> Result<ContainerState, EngineError>;
     /// Removes the container, killing it first if it runs; a missing container is fine.
     async fn remove(&self, id: &str) -> Result<(), EngineError>;
