@@ -1,78 +1,169 @@
 //! The engine's floor: the same containers chainlink makes, by the plainest direct loops.
 //!
-//! Both loops give the engine the configuration a default chainlink stage has (the same host
-//! config: `/job` bind mount, 2 GiB memory without swap, 1024 pids, `core=0`, bounded
-//! json-file logs, bridge networking, hostname `container`), so that the engine does the same
-//! work for every contender and the difference is the client's.
+//! The containers are the same because their configuration is chainlink's own, read back from
+//! the engine: [`Template::probe`] starts a one-stage chain, inspects the container it made
+//! and cancels the run. The floor loops then create containers from that configuration (only
+//! the entrypoint, the `/job` bind and the labels changed), and `docker run` gets the
+//! equivalent flags, so the engine does the same work for every contender (log driver and its
+//! options, memory without swap, pids limit, ulimits, bridge networking, hostname).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
+use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
+use chainlink::{CancellationToken, Chain, ChainOptions, PullPolicy, RunControl, Stage};
 use futures_util::StreamExt;
 
 /// Every container the floor loops make carries this label (`docker ps -a --filter label=...`).
 pub const BENCH_LABEL: &str = "org.chainlink.bench";
 
-/// A chainlink stage's defaults, as the engine sees them.
-const MEMORY: i64 = 2 << 30;
-const PIDS_LIMIT: i64 = 1024;
-/// Twice the default `output_limit` (16 MiB): the engine-side cap chainlink sets.
-const LOG_MAX_SIZE: u64 = 32 << 20;
-
-/// What one container is: the image and the argv that replaces its entrypoint and command.
+/// The configuration of a default chainlink stage's container, as the engine holds it.
 #[derive(Debug, Clone)]
-pub struct Job<'a> {
-    pub image: &'a str,
-    pub argv: &'a [String],
-    /// Host directory mounted at `/job`.
-    pub dir: &'a Path,
+pub struct Template {
+    body: ContainerCreateBody,
 }
 
-fn body(job: &Job<'_>) -> ContainerCreateBody {
-    ContainerCreateBody {
-        image: Some(job.image.to_string()),
-        hostname: Some("container".to_string()),
-        entrypoint: Some(job.argv.to_vec()),
-        cmd: Some(Vec::new()),
-        env: Some(Vec::new()),
-        labels: Some(HashMap::from([(BENCH_LABEL.to_string(), "true".to_string())])),
-        tty: Some(false),
-        attach_stdout: Some(false),
-        attach_stderr: Some(false),
-        open_stdin: Some(false),
-        network_disabled: Some(false),
-        host_config: Some(HostConfig {
-            binds: Some(vec![format!("{}:/job:rw", job.dir.display())]),
-            memory: Some(MEMORY),
-            memory_swap: Some(MEMORY),
-            pids_limit: Some(PIDS_LIMIT),
-            privileged: Some(false),
-            readonly_rootfs: Some(false),
-            ulimits: Some(vec![ResourcesUlimits { name: Some("core".into()), soft: Some(0), hard: Some(0) }]),
-            log_config: Some(HostConfigLogConfig {
-                typ: Some("json-file".to_string()),
-                config: Some(HashMap::from([
-                    ("max-size".to_string(), LOG_MAX_SIZE.to_string()),
-                    ("max-file".to_string(), "2".to_string()),
-                ])),
-            }),
+impl Template {
+    /// Runs a one-stage chain (`sleep`) of `image` under `workdir`, inspects its container and
+    /// cancels the run.
+    pub async fn probe(docker: &Docker, image: &str, workdir: &Path) -> Result<Template, String> {
+        let options = ChainOptions::default().workdir(workdir).pull(PullPolicy::Never);
+        let chain = Chain::new(vec![Stage::new(image).entrypoint(["sleep", "30"])], options)
+            .await
+            .map_err(|e| format!("probe chain: {e}"))?;
+        let cancel = CancellationToken::new();
+        let control = RunControl { cancel: cancel.clone(), events: None };
+        let run = tokio::spawn(async move { chain.run_with(&BTreeMap::new(), control).await });
+        let found = Self::find(docker).await;
+        cancel.cancel();
+        let _ = run.await;
+        let inspected = found?;
+        let config = inspected.config.ok_or("probe: no Config")?;
+        let host_config = inspected.host_config.ok_or("probe: no HostConfig")?;
+        let body = ContainerCreateBody {
+            hostname: config.hostname,
+            domainname: config.domainname,
+            user: config.user,
+            attach_stdin: config.attach_stdin,
+            attach_stdout: config.attach_stdout,
+            attach_stderr: config.attach_stderr,
+            tty: config.tty,
+            open_stdin: config.open_stdin,
+            stdin_once: config.stdin_once,
+            env: config.env,
+            image: config.image,
+            working_dir: config.working_dir,
+            network_disabled: config.network_disabled,
+            stop_signal: config.stop_signal,
+            host_config: Some(host_config),
             ..Default::default()
-        }),
-        ..Default::default()
+        };
+        Ok(Template { body })
     }
+
+    async fn find(docker: &Docker) -> Result<bollard::models::ContainerInspectResponse, String> {
+        let prefix = format!("chainlink-{}-", std::process::id());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let options = ListContainersOptions {
+                all: true,
+                filters: Some(HashMap::from([
+                    ("label".to_string(), vec!["org.chainlink.managed".to_string()]),
+                    ("name".to_string(), vec![prefix.clone()]),
+                ])),
+                ..Default::default()
+            };
+            let listed = docker.list_containers(Some(options)).await.map_err(|e| format!("probe: {e}"))?;
+            if let Some(id) = listed.into_iter().find_map(|c| c.id) {
+                return docker.inspect_container(&id, None).await.map_err(|e| format!("probe: {e}"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err("probe: the chain's container never showed up".to_string())
+    }
+
+    fn host_config(&self) -> &HostConfig {
+        self.body.host_config.as_ref().expect("probed with a HostConfig")
+    }
+
+    /// What the engine's log driver is and its options (`json-file {max-file: 2, ...}`).
+    pub fn log_driver(&self) -> String {
+        let log = self.host_config().log_config.clone().unwrap_or_default();
+        let options: BTreeMap<_, _> = log.config.unwrap_or_default().into_iter().collect();
+        format!("{} {options:?}", log.typ.unwrap_or_default())
+    }
+
+    fn body(&self, job: &Job<'_>) -> ContainerCreateBody {
+        let mut body = self.body.clone();
+        body.entrypoint = Some(job.argv.to_vec());
+        body.cmd = Some(Vec::new());
+        body.labels = Some(HashMap::from([(BENCH_LABEL.to_string(), "true".to_string())]));
+        let host = body.host_config.as_mut().expect("probed with a HostConfig");
+        host.binds = Some(vec![format!("{}:/job:rw", job.dir.display())]);
+        body
+    }
+
+    /// `docker run --rm` flags for the same configuration (those a default stage sets).
+    fn docker_run_flags(&self) -> Vec<String> {
+        let host = self.host_config();
+        let mut flags: Vec<String> = Vec::new();
+        let mut flag = |name: &str, value: String| {
+            flags.push(name.to_string());
+            flags.push(value);
+        };
+        if let Some(hostname) = &self.body.hostname {
+            flag("--hostname", hostname.clone());
+        }
+        if let Some(memory) = host.memory.filter(|m| *m > 0) {
+            flag("--memory", memory.to_string());
+        }
+        if let Some(swap) = host.memory_swap.filter(|m| *m != 0) {
+            flag("--memory-swap", swap.to_string());
+        }
+        if let Some(pids) = host.pids_limit.filter(|p| *p > 0) {
+            flag("--pids-limit", pids.to_string());
+        }
+        for u in host.ulimits.iter().flatten() {
+            if let (Some(name), Some(soft), Some(hard)) = (&u.name, u.soft, u.hard) {
+                flag("--ulimit", format!("{name}={soft}:{hard}"));
+            }
+        }
+        if let Some(mode) = host.network_mode.as_ref().filter(|m| m.as_str() != "default") {
+            flag("--network", mode.clone());
+        }
+        if let Some(log) = &host.log_config {
+            if let Some(typ) = &log.typ {
+                flag("--log-driver", typ.clone());
+            }
+            let options: BTreeMap<_, _> = log.config.clone().unwrap_or_default().into_iter().collect();
+            for (k, v) in options {
+                flag("--log-opt", format!("{k}={v}"));
+            }
+        }
+        flags
+    }
+}
+
+/// What one container is: the argv that replaces the image's entrypoint and command, and the
+/// host directory mounted at `/job`.
+#[derive(Debug, Clone)]
+pub struct Job<'a> {
+    pub template: &'a Template,
+    pub argv: &'a [String],
+    pub dir: &'a Path,
 }
 
 /// One container by the plainest loop: create, start, wait, read its logs, inspect, remove, one
 /// request after the other. Returns the exit code and the number of log bytes read.
 pub async fn bollard_one(docker: &Docker, job: &Job<'_>) -> Result<(i64, u64), String> {
     let created = docker
-        .create_container(None::<CreateContainerOptions>, body(job))
+        .create_container(None::<CreateContainerOptions>, job.template.body(job))
         .await
         .map_err(|e| format!("create: {e}"))?;
     let id = created.id;
@@ -117,7 +208,7 @@ pub async fn bollard_loop(docker: &Docker, job: &Job<'_>, count: usize) -> Resul
 /// bytes seen.
 pub async fn bollard_followed(docker: &Docker, job: &Job<'_>) -> Result<u64, String> {
     let created = docker
-        .create_container(None::<CreateContainerOptions>, body(job))
+        .create_container(None::<CreateContainerOptions>, job.template.body(job))
         .await
         .map_err(|e| format!("create: {e}"))?;
     let id = created.id;
@@ -142,21 +233,17 @@ pub async fn bollard_followed(docker: &Docker, job: &Job<'_>) -> Result<u64, Str
     ran
 }
 
-/// `docker run --rm` with the flags that give the engine a default chainlink stage's config.
+/// `docker run --rm` of the same configuration (see [`Template::docker_run_flags`]).
 pub fn docker_run_command(job: &Job<'_>) -> Command {
     let mut command = Command::new("docker");
     command
         .arg("run")
         .arg("--rm")
         .args(["--label", &format!("{BENCH_LABEL}=true")])
-        .args(["--hostname", "container"])
-        .args(["--memory", &MEMORY.to_string(), "--memory-swap", &MEMORY.to_string()])
-        .args(["--pids-limit", &PIDS_LIMIT.to_string()])
-        .args(["--ulimit", "core=0:0"])
-        .args(["--log-driver", "json-file", "--log-opt", &format!("max-size={LOG_MAX_SIZE}"), "--log-opt", "max-file=2"])
+        .args(job.template.docker_run_flags())
         .args(["-v", &format!("{}:/job:rw", job.dir.display())])
         .args(["--entrypoint", &job.argv[0]])
-        .arg(job.image)
+        .arg(job.template.body.image.as_deref().unwrap_or_default())
         .args(&job.argv[1..])
         .stdin(Stdio::null());
     command

@@ -32,7 +32,7 @@ use chainlink::{Chain, ChainOptions, PullPolicy, Stage};
 use serde_json::{json, Value};
 
 use crate::child::{client_cpu, cpu_of, engine_pids, run_measured};
-use crate::floor::{bollard_loop, docker_run_command, docker_run_loop, Job};
+use crate::floor::{bollard_loop, docker_run_command, docker_run_loop, Job, Template};
 use crate::stats::{fmt3, paired_ratios, round_order, Summary};
 
 const IMAGE: &str = "chainlink-test/busybox";
@@ -94,7 +94,13 @@ fn parse_args() -> Args {
 
 fn main() {
     let args = parse_args();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    // CHAINLINK_BENCH_RUNTIME=current runs everything on one thread (an experiment knob: the
+    // CLI and the Python module use multi-thread runtimes, as the default here).
+    let runtime = match std::env::var("CHAINLINK_BENCH_RUNTIME").as_deref() {
+        Ok("current") => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    }
+    .expect("tokio runtime");
     let code = match &args.child_output {
         Some(workdir) => runtime.block_on(child_output(workdir)),
         None => runtime.block_on(bench(&args)),
@@ -214,6 +220,7 @@ impl Figure {
 
 struct Bench {
     docker: Docker,
+    template: Template,
     seq_chain: Chain,
     conc_chain: Chain,
     python: Option<Python>,
@@ -228,6 +235,8 @@ const BOLLARD: &str = "plain bollard loop";
 const DOCKER_RUN: &str = "docker run --rm loop";
 const PYTHON: &str = "chain (Python)";
 const BOLLARD_LOGS: &str = "bollard, logs followed";
+/// The chain's child on a current-thread runtime (an experiment: where the client's CPU goes).
+const CHAIN_CURRENT: &str = "chain, 1-thread runtime";
 
 impl Bench {
     fn true_argv() -> Vec<String> {
@@ -236,7 +245,7 @@ impl Bench {
 
     async fn seq(&mut self, contender: &str) -> Res<f64> {
         let argv = Self::true_argv();
-        let job = Job { image: IMAGE, argv: &argv, dir: &self.job_dir };
+        let job = Job { template: &self.template, argv: &argv, dir: &self.job_dir };
         let started = Instant::now();
         match contender {
             CHAIN => check_run(self.seq_chain.run(&BTreeMap::new()).await)?,
@@ -269,14 +278,15 @@ impl Bench {
                 }
             }
             BOLLARD => {
-                let job_dir = Arc::new(self.job_dir.clone());
+                let shared = Arc::new((self.template.clone(), self.job_dir.clone()));
                 let loops: Vec<_> = (0..n)
                     .map(|_| {
                         let docker = self.docker.clone();
-                        let job_dir = job_dir.clone();
+                        let shared = shared.clone();
                         tokio::spawn(async move {
                             let argv = Self::true_argv();
-                            bollard_loop(&docker, &Job { image: IMAGE, argv: &argv, dir: &job_dir }, CONC_STAGES).await
+                            let (template, dir) = &*shared;
+                            bollard_loop(&docker, &Job { template, argv: &argv, dir }, CONC_STAGES).await
                         })
                     })
                     .collect();
@@ -286,7 +296,7 @@ impl Bench {
             }
             DOCKER_RUN => {
                 let argv = Self::true_argv();
-                let job = Job { image: IMAGE, argv: &argv, dir: &self.job_dir };
+                let job = Job { template: &self.template, argv: &argv, dir: &self.job_dir };
                 std::thread::scope(|scope| {
                     let loops: Vec<_> = (0..n).map(|_| scope.spawn(|| docker_run_loop(&job, CONC_STAGES))).collect();
                     loops.into_iter().map(|l| l.join().unwrap_or_else(|_| Err("panicked".into()))).collect::<Res<Vec<()>>>()
@@ -305,12 +315,14 @@ impl Bench {
     /// Wall seconds of the 100 MiB stage; extra numbers go into `extra`.
     async fn output(&mut self, contender: &str, extra: &mut BTreeMap<&'static str, Vec<f64>>) -> Res<f64> {
         let argv = output_command();
-        let job = Job { image: IMAGE, argv: &argv, dir: &self.job_dir };
+        let job = Job { template: &self.template, argv: &argv, dir: &self.job_dir };
         match contender {
-            CHAIN => {
+            CHAIN | CHAIN_CURRENT => {
                 let exe = std::env::current_exe().map_err(|e| e.to_string())?;
                 let mut command = Command::new(exe);
                 command.arg("--child-output").arg(&self.workdir);
+                let current = contender == CHAIN_CURRENT;
+                command.env("CHAINLINK_BENCH_RUNTIME", if current { "current" } else { "multi" });
                 let measured = tokio::task::spawn_blocking(move || run_measured(command, true))
                     .await
                     .map_err(|e| e.to_string())??;
@@ -319,9 +331,13 @@ impl Bench {
                 }
                 let report: Value = serde_json::from_str(measured.stdout.trim()).map_err(|e| e.to_string())?;
                 let number = |key: &str| report.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN);
-                extra.entry("chain peak RSS, MiB").or_default().push(measured.max_rss as f64 / (1 << 20) as f64);
-                extra.entry("chain run() alone, s").or_default().push(number("run_seconds"));
-                extra.entry("chain output seen, MiB").or_default().push((number("kept") + number("dropped")) / (1 << 20) as f64);
+                let (rss, alone, seen) = match current {
+                    false => ("chain peak RSS, MiB", "chain run() alone, s", "chain output seen, MiB"),
+                    true => ("1-thread peak RSS, MiB", "1-thread run() alone, s", "1-thread output seen, MiB"),
+                };
+                extra.entry(rss).or_default().push(measured.max_rss as f64 / (1 << 20) as f64);
+                extra.entry(alone).or_default().push(number("run_seconds"));
+                extra.entry(seen).or_default().push((number("kept") + number("dropped")) / (1 << 20) as f64);
                 Ok(measured.seconds)
             }
             DOCKER_RUN => {
@@ -379,6 +395,8 @@ async fn bench_in(args: &Args, docker: Docker, workdir: &Path, job_dir: &Path) -
     let has = |s: &str| args.sections.iter().any(|x| x == s);
     let options = ChainOptions::default().workdir(workdir).pull(PullPolicy::Never);
     let trivial = |n: usize| vec![Stage::new(IMAGE).entrypoint(["true"]); n];
+    let template = Template::probe(&docker, IMAGE, workdir).await?;
+    eprintln!("containers as chainlink makes them; log driver {}", template.log_driver());
     let seq_chain = Chain::new(trivial(SEQ_STAGES), options.clone()).await.map_err(|e| e.to_string())?;
     let conc_chain = Chain::new(trivial(CONC_STAGES), options).await.map_err(|e| e.to_string())?;
     let python = match (&args.python, has("d")) {
@@ -386,7 +404,7 @@ async fn bench_in(args: &Args, docker: Docker, workdir: &Path, job_dir: &Path) -
         _ => None,
     };
     let with_python = python.is_some();
-    let mut bench = Bench { docker, seq_chain, conc_chain, python, python_cpu: 0.0, workdir: workdir.to_path_buf(), job_dir: job_dir.to_path_buf() };
+    let mut bench = Bench { docker, template, seq_chain, conc_chain, python, python_cpu: 0.0, workdir: workdir.to_path_buf(), job_dir: job_dir.to_path_buf() };
 
     let mut figures: Vec<Figure> = Vec::new();
     if has("a") {
@@ -407,7 +425,7 @@ async fn bench_in(args: &Args, docker: Docker, workdir: &Path, job_dir: &Path) -
         }
     }
     if has("c") {
-        figures.push(Figure::new("c", "(c) one stage printing 100 MiB".into(), "s", &[CHAIN, DOCKER_RUN, BOLLARD_LOGS]));
+        figures.push(Figure::new("c", "(c) one stage printing 100 MiB".into(), "s", &[CHAIN, DOCKER_RUN, BOLLARD_LOGS, CHAIN_CURRENT]));
     }
 
     let engine = engine_pids();
@@ -558,6 +576,8 @@ fn render(figures: &[Figure], rounds: usize, load_start: &str, load_end: &str) -
                 out += &ratio_line("chain / docker run > /dev/null", f.samples(CHAIN), f.samples(DOCKER_RUN), Some(("<=", 1.2)));
                 out += "\n";
                 out += &ratio_line("chain / bollard with logs followed", f.samples(CHAIN), f.samples(BOLLARD_LOGS), None);
+                out += "\n";
+                out += &ratio_line("chain on a 1-thread runtime / docker run", f.samples(CHAIN_CURRENT), f.samples(DOCKER_RUN), None);
                 out += "\n";
                 if let Some(rss) = f.extra.get("chain peak RSS, MiB").and_then(|v| Summary::of(v)) {
                     let verdict = if rss.max <= 64.0 { "met" } else { "MISSED" };
