@@ -65,7 +65,11 @@ impl DockerEngine {
             Err(_) => {
                 return Err(EngineError::new(
                     EngineErrorKind::Unavailable,
-                    format!("the engine did not answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                    format!(
+                        "the Docker engine at {endpoint} did not answer within {} s; check that the daemon is \
+                         running and not stuck",
+                        CONNECT_TIMEOUT.as_secs()
+                    ),
                 ))
             }
         };

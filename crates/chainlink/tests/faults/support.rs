@@ -11,8 +11,11 @@ use std::time::Duration;
 
 use chainlink::{Chain, ChainOptions, DockerEngine, PullPolicy, Stage, StageResult};
 
-/// Built by `scripts/build-test-images.sh`: static busybox, `CMD ["sh"]`.
-pub const BUSYBOX: &str = "chainlink-test/busybox";
+// The engine tests' helpers: the test image, `sh`, output text, the docker CLI.
+#[allow(dead_code)]
+#[path = "../engine/common.rs"]
+mod common;
+pub use common::{docker, sh, text, BUSYBOX};
 
 /// Set in a child process to the part of a test it is to play.
 pub const ROLE: &str = "CHAINLINK_FAULTS_ROLE";
@@ -21,11 +24,6 @@ pub const WORKDIR: &str = "CHAINLINK_FAULTS_WORKDIR";
 
 pub fn role() -> Option<String> {
     std::env::var(ROLE).ok()
-}
-
-/// A busybox stage running `script` under `sh -c`.
-pub fn sh(script: &str) -> Stage {
-    Stage::new(BUSYBOX).entrypoint(["sh", "-c", script])
 }
 
 /// A fresh workdir for one test, so its leftovers can be told from other tests'.
@@ -60,15 +58,6 @@ pub fn stdout_bytes(result: &StageResult) -> &[u8] {
 
 pub fn stderr_bytes(result: &StageResult) -> &[u8] {
     &result.stderr.as_ref().expect("stderr kept").bytes
-}
-
-/// Output without the engine's timestamps: the part of each line after the first space.
-pub fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes)
-        .lines()
-        .map(|line| line.split_once(' ').map_or(line, |(_, rest)| rest))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// What a test's runs left: labelled containers whose `/job` was under `workdir`, and
@@ -112,10 +101,6 @@ pub fn running(id: &str) -> bool {
     docker(&["inspect", "--format", "{{.State.Running}}", id]).trim() == "true"
 }
 
-pub fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("docker CLI");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Polls `check` every 100 ms until it holds or `limit` passes.
 pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
