@@ -53,6 +53,7 @@ async fn wait_until_running(started: &Notify, mut is_running: impl FnMut() -> bo
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_engine_dying_mid_stage_ends_the_run_with_an_error_naming_the_stage() {
+    let host_bridge = std::path::Path::new("/sys/class/net/docker0").exists();
     let mut daemon = SecondDaemon::start().unwrap_or_else(|e| {
         panic!("a second dockerd cannot run here, so the engine's death cannot be tested:\n{e}")
     });
@@ -110,6 +111,11 @@ async fn the_engine_dying_mid_stage_ends_the_run_with_an_error_naming_the_stage(
     assert!(!root.exists(), "the second daemon's directory {} is left", root.display());
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     assert!(!mounts.contains(&root.display().to_string()), "mounts under {} are left:\n{mounts}", root.display());
+    assert_eq!(
+        std::path::Path::new("/sys/class/net/docker0").exists(),
+        host_bridge,
+        "the second daemon must leave the host's docker0 alone"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -56,7 +56,11 @@ impl SecondDaemon {
             .find(|p| Path::new(p).exists())
             .ok_or("no dockerd binary in /usr/sbin or /usr/bin")?;
         let socket = root.join("docker.sock");
-        let child = Command::new(dockerd)
+        // A network namespace of its own: a dockerd started with `--bridge none` deletes any
+        // `docker0` it can see, and the host's engine needs its own.
+        let child = Command::new("unshare")
+            .args(["--net", "--"])
+            .arg(dockerd)
             .arg("-H")
             .arg(format!("unix://{}", socket.display()))
             .arg("--data-root")
