@@ -91,3 +91,48 @@ pub fn cpu_of(pids: &[u32]) -> f64 {
         })
         .sum()
 }
+
+/// The machine's CPU time counters (the `cpu` line of `/proc/stat`), in clock ticks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineCpu {
+    busy: u64,
+    total: u64,
+}
+
+impl MachineCpu {
+    /// The share of CPU time spent busy between `self` and `later`, 0 to 1.
+    pub fn busy_until(&self, later: &MachineCpu) -> f64 {
+        let total = later.total.saturating_sub(self.total);
+        if total == 0 {
+            return 0.0;
+        }
+        later.busy.saturating_sub(self.busy) as f64 / total as f64
+    }
+}
+
+pub fn machine_cpu() -> MachineCpu {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    parse_cpu_line(stat.lines().next().unwrap_or_default())
+}
+
+/// `cpu user nice system idle iowait irq softirq steal ...`: idle and iowait are not busy.
+fn parse_cpu_line(line: &str) -> MachineCpu {
+    let fields: Vec<u64> = line.split_whitespace().skip(1).take(8).filter_map(|f| f.parse().ok()).collect();
+    let total = fields.iter().sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    MachineCpu { busy: total - idle, total }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_cpu_counts_idle_and_iowait_as_not_busy() {
+        let before = parse_cpu_line("cpu  100 0 50 800 50 0 0 0 0 0");
+        let after = parse_cpu_line("cpu  200 0 100 850 50 0 0 0 0 0");
+        assert_eq!(before.total, 1000);
+        assert!((before.busy_until(&after) - 0.75).abs() < 1e-9);
+        assert_eq!(after.busy_until(&after), 0.0);
+    }
+}

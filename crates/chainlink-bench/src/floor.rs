@@ -42,8 +42,8 @@ impl Template {
         let run = tokio::spawn(async move { chain.run_with(&BTreeMap::new(), control).await });
         let found = Self::find(docker).await;
         cancel.cancel();
-        let _ = run.await;
-        let inspected = found?;
+        let ran = run.await;
+        let inspected = found.map_err(|e| format!("{e} (the probe run ended with {ran:?})"))?;
         let config = inspected.config.ok_or("probe: no Config")?;
         let host_config = inspected.host_config.ok_or("probe: no HostConfig")?;
         let body = ContainerCreateBody {
@@ -80,8 +80,11 @@ impl Template {
                 ..Default::default()
             };
             let listed = docker.list_containers(Some(options)).await.map_err(|e| format!("probe: {e}"))?;
-            if let Some(id) = listed.into_iter().find_map(|c| c.id) {
-                return docker.inspect_container(&id, None).await.map_err(|e| format!("probe: {e}"));
+            for id in listed.into_iter().filter_map(|c| c.id) {
+                // A container being removed (an earlier run's) may be listed and gone.
+                if let Ok(inspected) = docker.inspect_container(&id, None).await {
+                    return Ok(inspected);
+                }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

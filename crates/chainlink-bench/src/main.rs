@@ -31,7 +31,7 @@ use bollard::Docker;
 use chainlink::{Chain, ChainOptions, PullPolicy, Stage};
 use serde_json::{json, Value};
 
-use crate::child::{client_cpu, cpu_of, engine_pids, run_measured};
+use crate::child::{client_cpu, cpu_of, engine_pids, machine_cpu, run_measured};
 use crate::floor::{bollard_loop, docker_run_command, docker_run_loop, Job, Template};
 use crate::stats::{fmt3, paired_ratios, round_order, Summary};
 
@@ -94,10 +94,12 @@ fn parse_args() -> Args {
 
 fn main() {
     let args = parse_args();
-    // CHAINLINK_BENCH_RUNTIME=current runs everything on one thread (an experiment knob: the
-    // CLI and the Python module use multi-thread runtimes, as the default here).
+    // CHAINLINK_BENCH_RUNTIME=current runs everything on one thread, =one-worker on a
+    // multi-thread runtime of one worker (experiment knobs: the CLI and the Python module use
+    // multi-thread runtimes of two workers, as the default here on two cores).
     let runtime = match std::env::var("CHAINLINK_BENCH_RUNTIME").as_deref() {
         Ok("current") => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Ok("one-worker") => tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build(),
         _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
     }
     .expect("tokio runtime");
@@ -195,6 +197,9 @@ struct Contender {
     /// CPU seconds the client used during each sample: this process and its children (the
     /// `docker` CLI, the re-executed chain), or the Python process.
     client_cpu: Vec<f64>,
+    /// How busy the machine's CPUs were during each sample, 0 to 1 (everything running on it,
+    /// other users included).
+    busy: Vec<f64>,
 }
 
 /// A figure: its contenders and what a sample is.
@@ -209,7 +214,7 @@ struct Figure {
 
 impl Figure {
     fn new(key: &'static str, title: String, unit: &'static str, names: &[&'static str]) -> Figure {
-        let contenders = names.iter().map(|&name| Contender { name, samples: Vec::new(), engine_cpu: Vec::new(), client_cpu: Vec::new() }).collect();
+        let contenders = names.iter().map(|&name| Contender { name, samples: Vec::new(), engine_cpu: Vec::new(), client_cpu: Vec::new(), busy: Vec::new() }).collect();
         Figure { key, title, unit, contenders, extra: BTreeMap::new() }
     }
 
@@ -235,6 +240,7 @@ const BOLLARD: &str = "plain bollard loop";
 const DOCKER_RUN: &str = "docker run --rm loop";
 const PYTHON: &str = "chain (Python)";
 const BOLLARD_LOGS: &str = "bollard, logs followed";
+const DOCKER_RUN_NULL: &str = "docker run > /dev/null";
 /// The chain's child on a current-thread runtime (an experiment: where the client's CPU goes).
 const CHAIN_CURRENT: &str = "chain, 1-thread runtime";
 
@@ -340,7 +346,7 @@ impl Bench {
                 extra.entry(seen).or_default().push((number("kept") + number("dropped")) / (1 << 20) as f64);
                 Ok(measured.seconds)
             }
-            DOCKER_RUN => {
+            DOCKER_RUN_NULL => {
                 let mut command = docker_run_command(&job);
                 command.stdout(Stdio::null());
                 let measured = tokio::task::spawn_blocking(move || run_measured(command, false))
@@ -425,7 +431,7 @@ async fn bench_in(args: &Args, docker: Docker, workdir: &Path, job_dir: &Path) -
         }
     }
     if has("c") {
-        figures.push(Figure::new("c", "(c) one stage printing 100 MiB".into(), "s", &[CHAIN, DOCKER_RUN, BOLLARD_LOGS, CHAIN_CURRENT]));
+        figures.push(Figure::new("c", "(c) one stage printing 100 MiB".into(), "s", &[CHAIN, DOCKER_RUN_NULL, BOLLARD_LOGS, CHAIN_CURRENT]));
     }
 
     let engine = engine_pids();
@@ -443,7 +449,7 @@ async fn bench_in(args: &Args, docker: Docker, workdir: &Path, job_dir: &Path) -
             let mut extra = BTreeMap::new();
             for i in order {
                 let name = figure.contenders[i].name;
-                let (engine_before, client_before) = (cpu_of(&engine), client_cpu());
+                let (engine_before, client_before, machine_before) = (cpu_of(&engine), client_cpu(), machine_cpu());
                 bench.python_cpu = 0.0;
                 let value = match figure.key {
                     "a" => bench.seq(name).await,
@@ -455,19 +461,22 @@ async fn bench_in(args: &Args, docker: Docker, workdir: &Path, job_dir: &Path) -
                 .map_err(|e| format!("{} / {name}: {e}", figure.key))?;
                 let engine_used = cpu_of(&engine) - engine_before;
                 let client_used = client_cpu() - client_before + bench.python_cpu;
+                let busy = machine_before.busy_until(&machine_cpu());
                 eprintln!(
-                    "{label:>12}  {:<4} {name:<24} {:>6} {:<8} (CPU s: engine {}, client {})",
+                    "{label:>12}  {:<4} {name:<24} {:>6} {:<8} (CPU s: engine {}, client {}; machine {:.0}% busy)",
                     figure.key,
                     fmt3(value),
                     figure.unit,
                     fmt3(engine_used),
-                    fmt3(client_used)
+                    fmt3(client_used),
+                    busy * 100.0
                 );
                 if pass.is_some() {
                     let contender = &mut figure.contenders[i];
                     contender.samples.push(value);
                     contender.engine_cpu.push(engine_used);
                     contender.client_cpu.push(client_used);
+                    contender.busy.push(busy);
                 }
             }
             if pass.is_some() {
@@ -496,6 +505,7 @@ async fn bench_in(args: &Args, docker: Docker, workdir: &Path, job_dir: &Path) -
                 "samples": f.contenders.iter().map(|c| (c.name.to_string(), json!(c.samples))).collect::<serde_json::Map<_, _>>(),
                 "engine_cpu": f.contenders.iter().map(|c| (c.name.to_string(), json!(c.engine_cpu))).collect::<serde_json::Map<_, _>>(),
                 "client_cpu": f.contenders.iter().map(|c| (c.name.to_string(), json!(c.client_cpu))).collect::<serde_json::Map<_, _>>(),
+                "machine_busy": f.contenders.iter().map(|c| (c.name.to_string(), json!(c.busy))).collect::<serde_json::Map<_, _>>(),
                 "extra": f.extra.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             })).collect::<Vec<_>>(),
         });
@@ -540,10 +550,16 @@ fn render(figures: &[Figure], rounds: usize, load_start: &str, load_end: &str) -
         for c in &f.contenders {
             out += &format!("  {:<28}{}\n", c.name, summary_cell(&c.samples));
         }
-        out += "  CPU seconds per sample (median)   engine  client\n";
+        out += "  per sample (medians)          CPU s: engine  client   machine busy\n";
         for c in &f.contenders {
-            let median = |v: &[f64]| Summary::of(v).map_or("-".to_string(), |s| fmt3(s.median));
-            out += &format!("    {:<30}{:>8}{:>8}\n", c.name, median(&c.engine_cpu), median(&c.client_cpu));
+            let median = |v: &[f64]| Summary::of(v).map_or(f64::NAN, |s| s.median);
+            out += &format!(
+                "    {:<30}{:>13}{:>8}{:>14}\n",
+                c.name,
+                fmt3(median(&c.engine_cpu)),
+                fmt3(median(&c.client_cpu)),
+                format!("{:.0}%", median(&c.busy) * 100.0)
+            );
         }
         for (k, v) in &f.extra {
             out += &format!("  {k:<28}{}\n", summary_cell(v));
@@ -573,11 +589,11 @@ fn render(figures: &[Figure], rounds: usize, load_start: &str, load_end: &str) -
                 }
             }
             "c" => {
-                out += &ratio_line("chain / docker run > /dev/null", f.samples(CHAIN), f.samples(DOCKER_RUN), Some(("<=", 1.2)));
+                out += &ratio_line("chain / docker run > /dev/null", f.samples(CHAIN), f.samples(DOCKER_RUN_NULL), Some(("<=", 1.2)));
                 out += "\n";
                 out += &ratio_line("chain / bollard with logs followed", f.samples(CHAIN), f.samples(BOLLARD_LOGS), None);
                 out += "\n";
-                out += &ratio_line("chain on a 1-thread runtime / docker run", f.samples(CHAIN_CURRENT), f.samples(DOCKER_RUN), None);
+                out += &ratio_line("chain on a 1-thread runtime / docker run", f.samples(CHAIN_CURRENT), f.samples(DOCKER_RUN_NULL), None);
                 out += "\n";
                 if let Some(rss) = f.extra.get("chain peak RSS, MiB").and_then(|v| Summary::of(v)) {
                     let verdict = if rss.max <= 64.0 { "met" } else { "MISSED" };
