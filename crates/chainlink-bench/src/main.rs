@@ -107,12 +107,16 @@ fn main() {
         Some(workdir) => runtime.block_on(child_output(workdir)),
         None => runtime.block_on(bench(&args)),
     };
-    match code {
-        Ok(()) => {}
-        Err(e) => {
-            eprintln!("chainlink-bench: {e}");
-            std::process::exit(1);
-        }
+    // Dropped before exiting: chains still running in spawned tasks (a stopped bench) are
+    // dropped with it, and chainlink's runs remove what they hold when dropped.
+    drop(runtime);
+    if args.child_output.is_none() {
+        // Again: a run dropped above may have made its directory after the first removal.
+        let _ = std::fs::remove_dir_all(bench_workdir());
+    }
+    if let Err(e) = code {
+        eprintln!("chainlink-bench: {e}");
+        std::process::exit(1);
     }
 }
 
@@ -183,8 +187,20 @@ impl Python {
 
     fn quit(mut self) {
         let _ = writeln!(self.stdin, "quit");
-        drop(self.stdin);
+        let _ = self.stdin.flush();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Python {
+    /// Not quit (the bench was stopped): interrupted as Ctrl-C would, so that its run in
+    /// progress cleans up, and waited for.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: a signal to our own child, by its pid.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -377,6 +393,22 @@ fn check_run(ran: Result<Vec<chainlink::StageResult>, chainlink::Error>) -> Res<
     }
 }
 
+/// Where this process's chains make their run directories and the floor's `/job` is.
+fn bench_workdir() -> PathBuf {
+    std::env::temp_dir().join(format!("chainlink-bench-{}", std::process::id()))
+}
+
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
+    }
+}
+
 fn load() -> String {
     std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
@@ -385,10 +417,15 @@ async fn bench(args: &Args) -> Res<()> {
     let docker = Docker::connect_with_local_defaults().map_err(|e| e.to_string())?;
     let docker = docker.negotiate_version().await.map_err(|e| format!("engine: {e}"))?;
     docker.inspect_image(IMAGE).await.map_err(|e| format!("{IMAGE}: {e} (run scripts/build-test-images.sh)"))?;
-    let workdir = std::env::temp_dir().join(format!("chainlink-bench-{}", std::process::id()));
+    let workdir = bench_workdir();
     let job_dir = workdir.join("job");
     std::fs::create_dir_all(&job_dir).map_err(|e| format!("{}: {e}", job_dir.display()))?;
-    let ran = bench_in(args, docker.clone(), &workdir, &job_dir).await;
+    // On SIGINT or SIGTERM the run in progress is dropped (chainlink's runs clean up after
+    // themselves when dropped), then the floor's containers and the work directory go.
+    let ran = tokio::select! {
+        ran = bench_in(args, docker.clone(), &workdir, &job_dir) => ran,
+        signal = stop_signal() => Err(format!("stopped by {signal}")),
+    };
     let left = floor::remove_leftovers(&docker).await;
     if left > 0 {
         eprintln!("removed {left} leftover floor container(s)");
