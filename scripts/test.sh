@@ -7,6 +7,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/setup.sh
 
+# What of ours already exists before the suite (a developer's killed run, say) is not the
+# suite's doing: the check at the end looks only at what is new.
+ours() {
+  docker ps -aq --no-trunc --filter label=org.chainlink.managed
+  docker volume ls -q --filter label=org.chainlink.managed
+  find "${TMPDIR:-/tmp}" -maxdepth 2 -name 'chainlink-run-*' 2>/dev/null || true
+}
+before=$(ours | sort)
+
 printf '\n==== rust tests ====\n'
 cargo test --workspace --locked
 
@@ -27,14 +36,11 @@ MATURIN_PEP517_ARGS="--locked" \
 
 printf '\n==== leftovers ====\n'
 # Every test checks its own runs; this catches what slipped between them.
-containers=$(docker ps -aq --filter label=org.chainlink.managed)
-volumes=$(docker volume ls -q --filter label=org.chainlink.managed)
-run_dirs=$(find "${TMPDIR:-/tmp}" -maxdepth 2 -name 'chainlink-run-*' 2>/dev/null || true)
-if [[ -n "$containers$volumes$run_dirs" ]]; then
-  echo "left behind by the suite:" >&2
-  [[ -z "$containers" ]] || docker ps -a --filter label=org.chainlink.managed >&2
-  [[ -z "$volumes" ]] || echo "volumes: $volumes" >&2
-  [[ -z "$run_dirs" ]] || echo "run directories: $run_dirs" >&2
+left=$(comm -13 <(echo "$before") <(ours | sort) | sed '/^$/d')
+if [[ -n "$left" ]]; then
+  echo "left behind by the suite (labelled containers or volumes, run directories):" >&2
+  echo "$left" >&2
   exit 1
 fi
+[[ -z "$before" ]] || echo "(already there before the suite, not counted: $(echo "$before" | wc -l) item(s))"
 echo "nothing left: no labelled container or volume, no run directory"
