@@ -422,19 +422,75 @@ async fn bench(args: &Args) -> Res<()> {
     std::fs::create_dir_all(&job_dir).map_err(|e| format!("{}: {e}", job_dir.display()))?;
     // On SIGINT or SIGTERM the run in progress is dropped (chainlink's runs clean up after
     // themselves when dropped), then the floor's containers and the work directory go.
+    let mut report = Report::default();
     let ran = tokio::select! {
-        ran = bench_in(args, docker.clone(), &workdir, &job_dir) => ran,
+        ran = bench_in(args, docker.clone(), &workdir, &job_dir, &mut report) => ran,
         signal = stop_signal() => Err(format!("stopped by {signal}")),
     };
+    // What was measured is reported even when the bench was stopped: complete rounds only.
+    let written = report.finish(args, ran.as_ref().err());
     let left = floor::remove_leftovers(&docker).await;
     if left > 0 {
         eprintln!("removed {left} leftover floor container(s)");
     }
     let _ = std::fs::remove_dir_all(&workdir);
-    ran
+    ran.and(written)
 }
 
-async fn bench_in(args: &Args, docker: Docker, workdir: &Path, job_dir: &Path) -> Res<()> {
+/// The figures measured so far.
+#[derive(Default)]
+struct Report {
+    figures: Vec<Figure>,
+    /// Rounds every contender of every figure has a sample of.
+    rounds_done: usize,
+    load_start: String,
+}
+
+impl Report {
+    /// Prints the table (complete rounds only) and writes the raw samples.
+    fn finish(&mut self, args: &Args, stopped: Option<&String>) -> Res<()> {
+        if self.figures.is_empty() {
+            return Ok(());
+        }
+        let n = self.rounds_done;
+        for f in self.figures.iter_mut() {
+            for c in f.contenders.iter_mut() {
+                for v in [&mut c.samples, &mut c.engine_cpu, &mut c.client_cpu, &mut c.busy] {
+                    v.truncate(n);
+                }
+            }
+            for v in f.extra.values_mut() {
+                v.truncate(n);
+            }
+        }
+        let load_end = load();
+        let mut table = render(&self.figures, n, &self.load_start, &load_end);
+        if let Some(why) = stopped {
+            table = format!("\n(incomplete: {why}; {n} of {} rounds done){table}", args.rounds);
+        }
+        println!("{table}");
+        let Some(path) = &args.json else { return Ok(()) };
+        let raw = json!({
+            "rounds": n,
+            "rounds_asked": args.rounds,
+            "load_start": self.load_start,
+            "load_end": load_end,
+            "figures": self.figures.iter().map(|f| json!({
+                "key": f.key,
+                "title": f.title,
+                "unit": f.unit,
+                "samples": f.contenders.iter().map(|c| (c.name.to_string(), json!(c.samples))).collect::<serde_json::Map<_, _>>(),
+                "engine_cpu": f.contenders.iter().map(|c| (c.name.to_string(), json!(c.engine_cpu))).collect::<serde_json::Map<_, _>>(),
+                "client_cpu": f.contenders.iter().map(|c| (c.name.to_string(), json!(c.client_cpu))).collect::<serde_json::Map<_, _>>(),
+                "machine_busy": f.contenders.iter().map(|c| (c.name.to_string(), json!(c.busy))).collect::<serde_json::Map<_, _>>(),
+                "extra": f.extra.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            })).collect::<Vec<_>>(),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&raw).unwrap()).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+async fn bench_in(args: &Args, docker: Docker, workdir: &Path, job_dir: &Path, report: &mut Report) -> Res<()> {
     let has = |s: &str| args.sections.iter().any(|x| x == s);
     let options = ChainOptions::default().workdir(workdir).pull(PullPolicy::Never);
     let trivial = |n: usize| vec![Stage::new(IMAGE).entrypoint(["true"]); n];
@@ -449,7 +505,7 @@ async fn bench_in(args: &Args, docker: Docker, workdir: &Path, job_dir: &Path) -
     let with_python = python.is_some();
     let mut bench = Bench { docker, template, seq_chain, conc_chain, python, python_cpu: 0.0, workdir: workdir.to_path_buf(), job_dir: job_dir.to_path_buf() };
 
-    let mut figures: Vec<Figure> = Vec::new();
+    let figures = &mut report.figures;
     if has("a") {
         let mut names = vec![CHAIN, BOLLARD, DOCKER_RUN];
         if with_python {
@@ -475,13 +531,13 @@ async fn bench_in(args: &Args, docker: Docker, workdir: &Path, job_dir: &Path) -
     if engine.is_empty() {
         eprintln!("dockerd and containerd not found in /proc: engine CPU will read 0");
     }
-    let started_load = load();
-    eprintln!("load average at start: {started_load}");
+    report.load_start = load();
+    eprintln!("load average at start: {}", report.load_start);
     let passes: Vec<Option<usize>> = if args.warmup { vec![None] } else { vec![] };
     let passes = passes.into_iter().chain((0..args.rounds).map(Some));
     for pass in passes {
         let label = pass.map_or("warm-up".to_string(), |r| format!("round {}/{}", r + 1, args.rounds));
-        for figure in figures.iter_mut() {
+        for figure in report.figures.iter_mut() {
             let order = round_order(figure.contenders.len(), pass.unwrap_or(0));
             let mut extra = BTreeMap::new();
             for i in order {
@@ -522,31 +578,12 @@ async fn bench_in(args: &Args, docker: Docker, workdir: &Path, job_dir: &Path) -
                 }
             }
         }
+        if pass.is_some() {
+            report.rounds_done += 1;
+        }
     }
-    let ended_load = load();
     if let Some(python) = bench.python.take() {
         python.quit();
-    }
-
-    let report = render(&figures, args.rounds, &started_load, &ended_load);
-    println!("{report}");
-    if let Some(path) = &args.json {
-        let raw = json!({
-            "rounds": args.rounds,
-            "load_start": started_load,
-            "load_end": ended_load,
-            "figures": figures.iter().map(|f| json!({
-                "key": f.key,
-                "title": f.title,
-                "unit": f.unit,
-                "samples": f.contenders.iter().map(|c| (c.name.to_string(), json!(c.samples))).collect::<serde_json::Map<_, _>>(),
-                "engine_cpu": f.contenders.iter().map(|c| (c.name.to_string(), json!(c.engine_cpu))).collect::<serde_json::Map<_, _>>(),
-                "client_cpu": f.contenders.iter().map(|c| (c.name.to_string(), json!(c.client_cpu))).collect::<serde_json::Map<_, _>>(),
-                "machine_busy": f.contenders.iter().map(|c| (c.name.to_string(), json!(c.busy))).collect::<serde_json::Map<_, _>>(),
-                "extra": f.extra.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-            })).collect::<Vec<_>>(),
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&raw).unwrap()).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())
 }
@@ -589,13 +626,13 @@ fn render(figures: &[Figure], rounds: usize, load_start: &str, load_end: &str) -
         }
         out += "  per sample (medians)          CPU s: engine  client   machine busy\n";
         for c in &f.contenders {
-            let median = |v: &[f64]| Summary::of(v).map_or(f64::NAN, |s| s.median);
+            let median = |v: &[f64], f: &dyn Fn(f64) -> String| Summary::of(v).map_or("-".to_string(), |s| f(s.median));
             out += &format!(
                 "    {:<30}{:>13}{:>8}{:>14}\n",
                 c.name,
-                fmt3(median(&c.engine_cpu)),
-                fmt3(median(&c.client_cpu)),
-                format!("{:.0}%", median(&c.busy) * 100.0)
+                median(&c.engine_cpu, &fmt3),
+                median(&c.client_cpu, &fmt3),
+                median(&c.busy, &|b| format!("{:.0}%", b * 100.0))
             );
         }
         for (k, v) in &f.extra {
