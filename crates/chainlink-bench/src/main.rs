@@ -1,7 +1,7 @@
 //! chainlink's benchmarks: chainlink next to the engine's own floor, in one run, interleaved.
 //!
 //! ```text
-//! chainlink-bench [--rounds N] [--sections a,b,c,d] [--python PATH] [--json FILE]
+//! chainlink-bench [--rounds N] [--sections a,b,c,d] [--concurrency 8,32] [--python PATH] [--json FILE]
 //! ```
 //!
 //! - (a) a chain of 20 stages `true`, against the same 20 containers by the plainest bollard loop
@@ -50,6 +50,8 @@ struct Args {
     rounds: usize,
     warmup: bool,
     sections: Vec<String>,
+    /// How many chains at once in (b).
+    concurrency: Vec<usize>,
     python: Option<PathBuf>,
     script: PathBuf,
     json: Option<PathBuf>,
@@ -58,7 +60,7 @@ struct Args {
 
 fn usage(code: i32) -> ! {
     eprintln!(
-        "usage: chainlink-bench [--rounds N] [--no-warmup] [--sections a,b,c,d] [--python PATH] \
+        "usage: chainlink-bench [--rounds N] [--no-warmup] [--sections a,b,c,d] [--concurrency 8,32] [--python PATH] \
          [--script bench/python_bench.py] [--json FILE]"
     );
     std::process::exit(code)
@@ -69,6 +71,7 @@ fn parse_args() -> Args {
         rounds: 5,
         warmup: true,
         sections: ["a", "b", "c", "d"].map(String::from).to_vec(),
+        concurrency: CONCURRENCY.to_vec(),
         python: None,
         script: PathBuf::from("bench/python_bench.py"),
         json: None,
@@ -81,6 +84,9 @@ fn parse_args() -> Args {
             "--rounds" => args.rounds = value().parse().unwrap_or_else(|_| usage(2)),
             "--no-warmup" => args.warmup = false,
             "--sections" => args.sections = value().split(',').map(|s| s.trim().to_string()).collect(),
+            "--concurrency" => {
+                args.concurrency = value().split(',').map(|n| n.trim().parse().unwrap_or_else(|_| usage(2))).collect()
+            }
             "--python" => args.python = Some(PathBuf::from(value())),
             "--script" => args.script = PathBuf::from(value()),
             "--json" => args.json = Some(PathBuf::from(value())),
@@ -221,6 +227,8 @@ struct Contender {
 /// A figure: its contenders and what a sample is.
 struct Figure {
     key: &'static str,
+    /// Chains at once, in (b).
+    concurrency: usize,
     title: String,
     unit: &'static str,
     contenders: Vec<Contender>,
@@ -231,7 +239,15 @@ struct Figure {
 impl Figure {
     fn new(key: &'static str, title: String, unit: &'static str, names: &[&'static str]) -> Figure {
         let contenders = names.iter().map(|&name| Contender { name, samples: Vec::new(), engine_cpu: Vec::new(), client_cpu: Vec::new(), busy: Vec::new() }).collect();
-        Figure { key, title, unit, contenders, extra: BTreeMap::new() }
+        Figure { key, concurrency: 1, title, unit, contenders, extra: BTreeMap::new() }
+    }
+
+    /// `a`, `b8`, `b32`, `c`.
+    fn label(&self) -> String {
+        match self.key {
+            "b" => format!("b{}", self.concurrency),
+            key => key.to_string(),
+        }
     }
 
     fn samples(&self, name: &str) -> &[f64] {
@@ -477,6 +493,7 @@ impl Report {
             "load_end": load_end,
             "figures": self.figures.iter().map(|f| json!({
                 "key": f.key,
+                "concurrency": f.concurrency,
                 "title": f.title,
                 "unit": f.unit,
                 "samples": f.contenders.iter().map(|c| (c.name.to_string(), json!(c.samples))).collect::<serde_json::Map<_, _>>(),
@@ -514,13 +531,14 @@ async fn bench_in(args: &Args, docker: Docker, workdir: &Path, job_dir: &Path, r
         figures.push(Figure::new("a", format!("(a) {SEQ_STAGES} stages `true` in sequence"), "s", &names));
     }
     if has("b") {
-        for n in CONCURRENCY {
+        for &n in &args.concurrency {
             let mut names = vec![CHAIN, BOLLARD, DOCKER_RUN];
             if with_python && n == PY_CONCURRENCY {
                 names.push(PYTHON);
             }
-            let key = if n == 8 { "b8" } else { "b32" };
-            figures.push(Figure::new(key, format!("(b) {n} chains x {CONC_STAGES} stages at once"), "stages/s", &names));
+            let mut figure = Figure::new("b", format!("(b) {n} chains x {CONC_STAGES} stages at once"), "stages/s", &names);
+            figure.concurrency = n;
+            figures.push(figure);
         }
     }
     if has("c") {
@@ -546,18 +564,17 @@ async fn bench_in(args: &Args, docker: Docker, workdir: &Path, job_dir: &Path, r
                 bench.python_cpu = 0.0;
                 let value = match figure.key {
                     "a" => bench.seq(name).await,
-                    "b8" => bench.conc(name, 8).await,
-                    "b32" => bench.conc(name, 32).await,
+                    "b" => bench.conc(name, figure.concurrency).await,
                     "c" => bench.output(name, &mut extra).await,
                     _ => unreachable!(),
                 }
-                .map_err(|e| format!("{} / {name}: {e}", figure.key))?;
+                .map_err(|e| format!("{} / {name}: {e}", figure.label()))?;
                 let engine_used = cpu_of(&engine) - engine_before;
                 let client_used = client_cpu() - client_before + bench.python_cpu;
                 let busy = machine_before.busy_until(&machine_cpu());
                 eprintln!(
                     "{label:>12}  {:<4} {name:<24} {:>6} {:<8} (CPU s: engine {}, client {}; machine {:.0}% busy)",
-                    figure.key,
+                    figure.label(),
                     fmt3(value),
                     figure.unit,
                     fmt3(engine_used),
@@ -649,7 +666,7 @@ fn render(figures: &[Figure], rounds: usize, load_start: &str, load_end: &str) -
                     out += "\n";
                 }
             }
-            "b8" | "b32" => {
+            "b" => {
                 let ceil = ceiling(f);
                 out += &ratio_line("chain / ceiling (best floor of the round)", f.samples(CHAIN), &ceil, Some((">=", 0.95)));
                 out += "\n";
