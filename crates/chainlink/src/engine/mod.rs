@@ -101,10 +101,6 @@ impl ContainerState {
     pub fn oom_killed(&self) -> bool {
         self.raw.get("OOMKilled").and_then(|v| v.as_bool()).unwrap_or(false)
     }
-
-    pub fn running(&self) -> bool {
-        self.raw.get("Running").and_then(|v| v.as_bool()).unwrap_or(false)
-    }
 }
 
 /// Progress of one image pull, as the engine reports it (summed over the image's layers).

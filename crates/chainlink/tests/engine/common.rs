@@ -62,16 +62,29 @@ pub fn text(bytes: &[u8]) -> String {
 /// What a test's runs left: labelled containers whose `/job` was under `workdir`, and
 /// anything left in `workdir` itself. Both must be empty after every run.
 pub fn leftovers(workdir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let ids = docker(&["ps", "-aq", "--filter", "label=org.chainlink.managed"]);
-    for id in ids.split_whitespace() {
-        let binds = docker(&["inspect", "--format", "{{range .HostConfig.Binds}}{{.}} {{end}}", id]);
-        if binds.contains(&workdir.display().to_string()) {
-            found.push(format!("container {id}"));
-        }
-    }
+    let mut found: Vec<String> =
+        containers_under(workdir).into_iter().map(|(id, owner)| format!("container {id} (owner {owner})")).collect();
     if let Ok(entries) = std::fs::read_dir(workdir) {
         found.extend(entries.flatten().map(|e| format!("entry {}", e.path().display())));
+    }
+    found
+}
+
+/// Labelled containers on the engine whose `/job` is under `workdir`: full id and owner label.
+pub fn containers_under(workdir: &Path) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let ids = docker(&["ps", "-aq", "--no-trunc", "--filter", "label=org.chainlink.managed"]);
+    for id in ids.split_whitespace() {
+        let info = docker(&[
+            "inspect",
+            "--format",
+            "{{index .Config.Labels \"org.chainlink.owner\"}}|{{range .HostConfig.Binds}}{{.}} {{end}}",
+            id,
+        ]);
+        let Some((owner, binds)) = info.trim().split_once('|') else { continue };
+        if binds.contains(&format!("{}/", workdir.display())) {
+            found.push((id.to_string(), owner.to_string()));
+        }
     }
     found
 }

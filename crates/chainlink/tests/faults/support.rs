@@ -15,7 +15,7 @@ use chainlink::{Chain, ChainOptions, DockerEngine, PullPolicy, Stage, StageResul
 #[allow(dead_code)]
 #[path = "../engine/common.rs"]
 mod common;
-pub use common::{docker, sh, text, BUSYBOX};
+pub use common::{assert_nothing_left, containers_under, docker, leftovers, sh, text, BUSYBOX};
 
 /// Set in a child process to the part of a test it is to play.
 pub const ROLE: &str = "CHAINLINK_FAULTS_ROLE";
@@ -58,42 +58,6 @@ pub fn stdout_bytes(result: &StageResult) -> &[u8] {
 
 pub fn stderr_bytes(result: &StageResult) -> &[u8] {
     &result.stderr.as_ref().expect("stderr kept").bytes
-}
-
-/// What a test's runs left: labelled containers whose `/job` was under `workdir`, and
-/// anything left in `workdir` itself.
-pub fn leftovers(workdir: &Path) -> Vec<String> {
-    let mut found: Vec<String> =
-        containers_under(workdir).into_iter().map(|(id, owner)| format!("container {id} (owner {owner})")).collect();
-    if let Ok(entries) = std::fs::read_dir(workdir) {
-        found.extend(entries.flatten().map(|e| format!("entry {}", e.path().display())));
-    }
-    found
-}
-
-pub fn assert_nothing_left(workdir: &Path) {
-    let left = leftovers(workdir);
-    assert!(left.is_empty(), "the runs left: {left:?}");
-}
-
-/// Labelled containers on the host's engine whose `/job` is under `workdir`: full id and
-/// owner label.
-pub fn containers_under(workdir: &Path) -> Vec<(String, String)> {
-    let mut found = Vec::new();
-    let ids = docker(&["ps", "-aq", "--no-trunc", "--filter", "label=org.chainlink.managed"]);
-    for id in ids.split_whitespace() {
-        let info = docker(&[
-            "inspect",
-            "--format",
-            "{{index .Config.Labels \"org.chainlink.owner\"}}|{{range .HostConfig.Binds}}{{.}} {{end}}",
-            id,
-        ]);
-        let Some((owner, binds)) = info.trim().split_once('|') else { continue };
-        if binds.contains(&format!("{}/", workdir.display())) {
-            found.push((id.to_string(), owner.to_string()));
-        }
-    }
-    found
 }
 
 /// Whether a container is running, by id or name.
