@@ -128,6 +128,7 @@ impl Renderer {
                     Outcome::Exited(code) => format!("exit {code}"),
                     Outcome::TimedOut => format!("killed after {} (timeout)", self.timeout_of(*index)),
                     Outcome::OomKilled => "OOM".to_string(),
+                    Outcome::DiskLimit => "killed (disk_limit)".to_string(),
                     Outcome::Skipped => "skipped".to_string(),
                 };
                 let mut state = self.lock();

@@ -33,6 +33,7 @@ pub mod events;
 pub mod outcome;
 pub mod runner;
 pub mod spec;
+pub mod tree;
 pub mod units;
 pub mod workspace;
 

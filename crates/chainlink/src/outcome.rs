@@ -17,6 +17,9 @@ pub enum Outcome {
     TimedOut,
     /// The stage went over its memory cap and the kernel killed it.
     OomKilled,
+    /// The stage wrote more than its `disk_limit` into `/job` and its writable layer and was
+    /// killed.
+    DiskLimit,
     /// The stage did not run because an earlier stage failed.
     Skipped,
 }

@@ -23,6 +23,8 @@ pub const DEFAULT_TIMEOUT_SECS: f64 = 30.0;
 pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
 /// Bytes of output kept per stream by default.
 pub const DEFAULT_OUTPUT_LIMIT: u64 = 16 << 20;
+/// Bytes a stage may write into `/job` and its container's writable layer by default.
+pub const DEFAULT_DISK_LIMIT: u64 = 1 << 30;
 const ENV_NAME_EXPECTED: &str = "variable names that are not empty and hold no '=' or NUL";
 /// The longest timeout accepted: a year.
 const MAX_TIMEOUT_SECS: f64 = 365.0 * 24.0 * 3600.0;
@@ -77,6 +79,9 @@ pub struct Stage {
     pub tty: bool,
     /// Bytes kept per stream; later output is dropped and counted.
     pub output_limit: u64,
+    /// Bytes the stage may write into `/job` plus its container's writable layer before it is
+    /// killed (outcome `disk_limit`); `None` for no limit.
+    pub disk_limit: Option<u64>,
 }
 
 impl Stage {
@@ -105,6 +110,7 @@ impl Stage {
             runtime: None,
             tty: false,
             output_limit: DEFAULT_OUTPUT_LIMIT,
+            disk_limit: Some(DEFAULT_DISK_LIMIT),
         }
     }
 
@@ -193,6 +199,9 @@ impl Stage {
             if limit.soft > limit.hard && limit.hard >= 0 {
                 bad("ulimits", "soft limits no higher than hard limits", format!("{name}: {}:{}", limit.soft, limit.hard));
             }
+        }
+        if self.disk_limit == Some(0) {
+            bad("disk_limit", "a positive size such as \"1g\" (null for no limit)", "0".into());
         }
         if self.output_limit == 0 {
             bad("output_limit", "a positive number of bytes such as \"16m\"", "0".into());
@@ -285,7 +294,7 @@ impl std::error::Error for Problems {}
 pub const STAGE_KEYS: &[&str] = &[
     "image", "entrypoint", "hostname", "memory", "cpuset_cpus", "networking", "privileged",
     "timeout", "logs", "env", "pids_limit", "cpus", "user", "read_only", "cap_add", "cap_drop",
-    "no_new_privileges", "ulimits", "tmpfs", "runtime", "tty", "output_limit",
+    "no_new_privileges", "ulimits", "tmpfs", "runtime", "tty", "output_limit", "disk_limit",
 ];
 
 /// Reads a list of stages from a generic value, reporting every problem at once.
@@ -438,6 +447,16 @@ pub fn parse_stage(index: usize, value: &Value) -> Result<Stage, Vec<Problem>> {
     }
     if let Some(limit) = reader.size("output_limit", "a number of bytes such as \"16m\" or 1048576") {
         stage.output_limit = limit.bytes();
+    }
+    if let Some(value) = reader.present_or_null("disk_limit") {
+        match value {
+            Value::Null => stage.disk_limit = None,
+            _ => {
+                if let Some(limit) = reader.size("disk_limit", "a size such as \"1g\" or \"500m\", or null for no limit") {
+                    stage.disk_limit = Some(limit.bytes());
+                }
+            }
+        }
     }
 
     let Reader { mut problems, .. } = reader;
