@@ -18,6 +18,30 @@ The work is done by a native library (Rust, on a tokio runtime shared by the pro
 release the GIL, runs awaited together with ``asyncio.gather`` go on at the same time, and
 everything a run creates (its containers, its ``/job`` directory) is removed on every path,
 Ctrl-C and task cancellation included.
+
+SIGTERM (what service managers send to stop a process): when a run starts (``run()`` or
+``run_async()``) on the main thread while SIGTERM has its default disposition, chainlink
+installs a handler of its own, once per process. On SIGTERM it cancels every run in flight in
+the process (any thread, any event loop), waits up to 10 seconds for their cleanup (containers
+killed and removed, ``/job`` directories removed), then restores the default disposition and
+sends SIGTERM to the process again: the process still dies by SIGTERM (exit status -15, or 143
+in a shell), as it would have without chainlink, only with nothing left behind. It does not:
+
+- replace a SIGTERM handler the program set itself, or an ignored SIGTERM (the program's
+  handler decides; an exception it raises during ``run()`` stops the run and cleans up, as
+  Ctrl-C does);
+- come into play in a program that runs chains only from other threads (Python lets only the
+  main thread set signal handlers): such a program should set its own handler, for example
+  one that raises ``SystemExit`` in the main thread, and cancel its runs from there;
+- run while the main thread is stuck in code that does not return to Python (Python runs
+  signal handlers only between bytecodes on the main thread);
+- help against SIGKILL (the out-of-memory killer, ``kill -9``, a container runtime's last
+  resort), which no code survives: the containers keep running and the directories stay until
+  the next sweep, ``chainlink.gc()`` or a ``chainlink run``, kills and removes them once their
+  owner is provably dead.
+
+``gc(workdir)`` is that sweep: it removes what runs of dead processes left and says what it
+removed and what it could not.
 """
 
 from __future__ import annotations
@@ -25,20 +49,26 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence, TypedDict, Union
+import signal
+import threading
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, TypedDict, Union
 
+from . import _chainlink
 from ._chainlink import Chain as _Chain
-from ._errors import ChainlinkError, EngineError, EngineUnavailable, ImageNotFound, InvalidStage
+from ._errors import ChainlinkError, CleanupWarning, EngineError, EngineUnavailable, ImageNotFound, InvalidStage
 
 __all__ = [
     "Chainlink",
     "ChainlinkError",
+    "CleanupWarning",
     "EngineError",
     "EngineUnavailable",
+    "GcReport",
     "ImageNotFound",
     "InvalidStage",
     "Logs",
     "StageResult",
+    "gc",
 ]
 
 try:
@@ -80,6 +110,79 @@ class StageResult(TypedDict):
     truncated: bool
 
 
+class GcReport(TypedDict):
+    """What :func:`gc` removed, and what it could not."""
+
+    #: Ids of the containers removed.
+    containers: List[str]
+    #: Run directories removed.
+    directories: List[str]
+    #: One ``"what: why"`` line for each thing that could not be removed.
+    failures: List[str]
+
+
+def gc(
+    workdir: Union[str, "os.PathLike[str]"] = "/tmp",
+    *,
+    cleanup_images: Iterable[str] = (),
+) -> GcReport:
+    """Removes what finished runs left: every chainlink container on the engine whose run is
+    provably over, and every run directory under ``workdir`` whose lock no live runner holds.
+    Nothing of a live run is touched, whatever process, PID namespace, container or host runs
+    it: a run is over when its lock (held by its runner for the run's life, released by the
+    kernel when the runner dies, SIGKILL included) can be taken, or, where its directory cannot
+    be seen from here (another machine, another user), once the deadline in its container's
+    labels (its stage's timeout plus slack) has passed. Running containers of dead runners are
+    killed. See docs/cleanup.md.
+
+    A directory holding files this user may not remove (a stage running as root wrote them) is
+    emptied by a short root container of the first of ``cleanup_images`` that works (an image
+    with ``rm``), then of images of chainlink containers found on the engine.
+
+    Returns a dict: ``containers`` (ids removed), ``directories`` (paths removed) and
+    ``failures`` (``"what: why"`` for each thing that could not be removed; the sweep goes on
+    past each). Blocks with the GIL released. Raises ``InvalidStage`` when ``workdir`` is not an
+    existing directory, ``EngineUnavailable`` when the engine cannot be reached and
+    ``EngineError`` when it cannot list its containers.
+    """
+    images = [cleanup_images] if isinstance(cleanup_images, str) else list(cleanup_images)
+    return _chainlink.gc(os.fspath(workdir), images)  # type: ignore[return-value]
+
+
+#: How long the SIGTERM handler waits for the runs it cancelled to clean up.
+_SIGTERM_CLEANUP_SECONDS = 10.0
+_sigterm_lock = threading.Lock()
+_sigterm_looked = False
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """chainlink's SIGTERM handler: stop every run, wait for its cleanup, die by SIGTERM."""
+    try:
+        if _chainlink.cancel_runs():
+            _chainlink.wait_runs(_SIGTERM_CLEANUP_SECONDS)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _watch_sigterm() -> None:
+    """Installs :func:`_on_sigterm` the first time a run starts on the main thread, if SIGTERM
+    then has its default disposition; never again after that first look, so a program that
+    later sets SIGTERM (back to the default included) keeps what it set."""
+    global _sigterm_looked
+    if _sigterm_looked or threading.current_thread() is not threading.main_thread():
+        return
+    with _sigterm_lock:
+        if _sigterm_looked:
+            return
+        _sigterm_looked = True
+        try:
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, _on_sigterm)
+        except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+            pass
+
+
 class Chainlink:
     """A chain of stages, validated and with every image on the engine.
 
@@ -101,9 +204,11 @@ class Chainlink:
     def __init__(
         self,
         stages: Sequence[Mapping[str, Any]],
-        workdir: Union[str, "os.PathLike[str]"] = "/tmp",
+        workdir: Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"] = "/tmp",
     ) -> None:
-        self._chain = _Chain(stages, os.fspath(workdir))
+        # As open() takes paths: bytes become str the filesystem's way (undecodable bytes as
+        # surrogates, which the native side turns back into the same bytes).
+        self._chain = _Chain(stages, os.fsdecode(workdir))
 
     @property
     def workdir(self) -> str:
@@ -129,7 +234,9 @@ class Chainlink:
         Blocks with the GIL released; needs no event loop. On Ctrl-C the running container is
         killed and everything the run made is removed before ``KeyboardInterrupt`` propagates.
         Raises ``EngineError`` (with the finished stages' ``results``) if the engine fails.
+        On SIGTERM the run is stopped and cleaned up as the module's docstring says.
         """
+        _watch_sigterm()
         return self._chain.run(environ)
 
     async def run_async(self, environ: Optional[Mapping[str, EnvValue]] = None) -> List[StageResult]:
@@ -137,8 +244,10 @@ class Chainlink:
         example with ``asyncio.gather``) go on at the same time.
 
         When the awaiting task is cancelled, the running container is killed and everything the
-        run made is removed before ``CancelledError`` propagates.
+        run made is removed before ``CancelledError`` propagates. On SIGTERM the run is stopped
+        and cleaned up as the module's docstring says.
         """
+        _watch_sigterm()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[List[StageResult]] = loop.create_future()
         handle = self._chain.start(environ, functools.partial(_deliver, loop, future))

@@ -3,7 +3,17 @@
 import os
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
 
-from . import EnvValue, StageResult
+from . import EnvValue, GcReport, StageResult
+
+def gc(workdir: Union[str, "os.PathLike[str]"], cleanup_images: Sequence[str] = ...) -> GcReport:
+    """Removes what runs of dead processes left; see ``chainlink.gc``."""
+
+def cancel_runs() -> int:
+    """Cancels every run in flight in this process; how many there were."""
+
+def wait_runs(timeout: float) -> bool:
+    """Waits (GIL released) until no run is in flight or ``timeout`` seconds have passed;
+    whether none is left."""
 
 class Chain:
     """A validated chain whose images are on the engine."""

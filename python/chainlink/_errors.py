@@ -71,4 +71,10 @@ class EngineError(ChainlinkError):
         return (type(self), (str(self), self.results, self.stage))
 
 
-__all__ = ["ChainlinkError", "EngineUnavailable", "ImageNotFound", "InvalidStage", "EngineError"]
+class CleanupWarning(RuntimeWarning):
+    """A run ended and its results are complete, but something it made could not be removed
+    (an immutable file in ``/job``, a container the engine would not remove). The message names
+    it; a later :func:`chainlink.gc` removes it once it can be removed."""
+
+
+__all__ = ["ChainlinkError", "CleanupWarning", "EngineUnavailable", "ImageNotFound", "InvalidStage", "EngineError"]

@@ -121,7 +121,7 @@ def test_cancelling_one_gathered_run_leaves_the_others_running(workdir):
 
 
 def test_engine_errors_reach_the_awaiting_task(workdir):
-    chain = Chainlink([stage("true"), stage("true", runtime="chainlink-no-such-runtime")], workdir=str(workdir))
+    chain = Chainlink([stage("true"), stage("true", tmpfs={"/etc/passwd": ""})], workdir=str(workdir))
     with pytest.raises(EngineError) as caught:
         asyncio.run(chain.run_async())
     assert caught.value.stage == 1 and len(caught.value.results) == 1

@@ -165,3 +165,62 @@ def test_exceptions_keep_their_attributes_through_pickle():
         copy = pickle.loads(pickle.dumps(error))
         assert type(copy) is type(error) and str(copy) == str(error)
         assert copy.__dict__ == error.__dict__
+
+
+def test_a_lone_surrogate_is_invalid_at_its_place(workdir):
+    with pytest.raises(InvalidStage) as caught:
+        Chainlink([{"image": IMAGE, "entrypoint": ["echo", "a\udcff"], "hostname": "h\ud800"}], workdir=str(workdir))
+    message = str(caught.value)
+    assert "stages[0].entrypoint: expected text that is valid Unicode (no lone surrogates), got " in message, message
+    assert "stages[0].hostname: expected text that is valid Unicode" in message, message
+    with pytest.raises(InvalidStage, match=r"stages\[0\]\.env: expected text that is valid Unicode .*, got X: 'x\\udcff'"):
+        Chainlink([{"image": IMAGE, "env": {"X": "x\udcff"}}], workdir=str(workdir))
+    with pytest.raises(InvalidStage, match=r"stages\[0\]: expected keys that are valid Unicode"):
+        Chainlink([{"image": IMAGE, "\udcff": 1}], workdir=str(workdir))
+    chain = Chainlink([stage("true")], workdir=str(workdir))
+    with pytest.raises(InvalidStage, match=r"environ: expected keys that are valid Unicode"):
+        chain.run({"A\udcff": "x"})
+    with pytest.raises(InvalidStage, match=r"environ: expected text that is valid Unicode"):
+        chain.run({"A": "\ud800"})
+    assert_no_leftovers(workdir)
+
+
+def test_numbers_that_are_not_finite_are_invalid_at_their_key(workdir):
+    with pytest.raises(InvalidStage) as caught:
+        Chainlink(
+            [{"image": IMAGE, "timeout": float("nan"), "pids_limit": float("inf")}, {"image": IMAGE, "cpus": float("-inf")}],
+            workdir=str(workdir),
+        )
+    assert caught.value.problems == [
+        "stages[0].timeout: expected a finite number, got nan",
+        "stages[0].pids_limit: expected a finite number, got inf",
+        "stages[1].cpus: expected a finite number, got -inf",
+    ]
+
+
+def test_workdir_may_be_str_bytes_or_path_like(workdir):
+    import pathlib
+
+    for given in (str(workdir), bytes(workdir), pathlib.Path(workdir)):
+        assert Chainlink([stage("true")], workdir=given).workdir == str(workdir)
+    with pytest.raises(TypeError):
+        Chainlink([stage("true")], workdir=3)
+
+
+def test_nul_in_the_runs_environ_is_invalid_before_anything_runs(workdir):
+    chain = Chainlink([stage("true")], workdir=str(workdir))
+    with pytest.raises(InvalidStage, match=r"environ: expected variable names that are not empty and hold no '=' or NUL, got \"A\\u0000B\""):
+        chain.run({"A\0B": "x"})
+    with pytest.raises(InvalidStage, match=r"environ: expected values without NUL bytes, got A: "):
+        chain.run({"A": "x\0y"})
+    assert_no_leftovers(workdir)
+
+
+def test_an_environ_too_large_for_execve_fails_fast(workdir):
+    chain = Chainlink([stage("true")], workdir=str(workdir))
+    environ = {f"VAR{i}": "value" for i in range(100_000)}
+    started = time.monotonic()
+    with pytest.raises(InvalidStage, match=r"environ: expected at most 1048576 bytes of entrypoint and environment for stages\[0\]"):
+        chain.run(environ)
+    assert time.monotonic() - started < 2
+    assert_no_leftovers(workdir)

@@ -174,7 +174,7 @@ def test_extra_keys_output_limit_marks_truncated(workdir):
 
 def test_engine_failure_raises_engine_error_with_partial_results(workdir):
     chain = Chainlink(
-        [stage("echo first"), stage("true", runtime="chainlink-no-such-runtime"), stage("true")],
+        [stage("echo first"), stage("true", tmpfs={"/etc/passwd": ""}), stage("true")],
         workdir=str(workdir),
     )
     with pytest.raises(EngineError) as caught:
@@ -184,4 +184,15 @@ def test_engine_failure_raises_engine_error_with_partial_results(workdir):
     assert error.stage == 1
     assert len(error.results) == 1
     assert error.results[0]["success"] and error.results[0]["logs"]["stdout"].endswith(b" first\n")
+    assert_no_leftovers(workdir)
+
+
+def test_a_program_that_cannot_start_is_a_failed_stage_not_an_error(workdir):
+    chain = Chainlink([stage("true", entrypoint=["/job/a.out"]), stage("true")], workdir=str(workdir))
+    results = chain.run()
+    assert len(results) == 2
+    assert not results[0]["success"] and not results[0]["killed"]
+    assert results[0]["data"]["ExitCode"] == 127
+    assert b"[chainlink] the stage could not start: " in results[0]["logs"]["stderr"]
+    assert results[1]["skipped"]
     assert_no_leftovers(workdir)

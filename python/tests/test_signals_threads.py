@@ -1,10 +1,12 @@
-"""Ctrl-C during run(), and run() where there is no event loop."""
+"""Ctrl-C and SIGTERM during run(), and run() where there is no event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+
+import pytest
 import subprocess
 import sys
 import textwrap
@@ -156,4 +158,87 @@ def test_forked_children_run_chains_made_before_the_fork(workdir):
     finally:
         _INHERITED.clear()
     assert all(out.endswith(b" forked\n") for out in outputs)
+    assert_no_leftovers(workdir)
+
+
+SIGTERM_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, signal, sys
+    from chainlink import Chainlink
+
+    chain = Chainlink([{"image": %r, "entrypoint": ["sleep", "60"], "timeout": 120}], workdir=sys.argv[1])
+    if sys.argv[2] == "own":
+        def own(signum, frame):
+            print("own handler", flush=True)
+            raise SystemExit(7)
+        signal.signal(signal.SIGTERM, own)
+    print("running", flush=True)
+    if sys.argv[2] == "async":
+        asyncio.run(chain.run_async())
+    else:
+        chain.run()
+    print("finished", flush=True)
+    """
+) % (IMAGE,)
+
+
+def _sigterm_mid_stage(workdir, mode):
+    """Runs SIGTERM_SCRIPT in `mode`, sends SIGTERM once its stage runs: (returncode, stdout,
+    stderr, seconds from the signal to the end)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_SCRIPT, str(workdir), mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "running"
+        assert wait_for(lambda: bool(containers_of(workdir)), timeout=30), "the stage never started"
+        time.sleep(0.3)
+        started = time.monotonic()
+        child.send_signal(signal.SIGTERM)
+        stdout, stderr = child.communicate(timeout=30)
+        return child.returncode, stdout, stderr, time.monotonic() - started
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_sigterm_during_a_run_cleans_up_and_the_process_dies_by_sigterm(workdir, how):
+    code, stdout, stderr, took = _sigterm_mid_stage(workdir, how)
+    assert code == -signal.SIGTERM, (code, stderr)
+    assert "finished" not in stdout
+    assert took < 15, took
+    assert_no_leftovers(workdir)
+
+
+def test_a_programs_own_sigterm_handler_is_kept(workdir):
+    """Its handler runs (raising SystemExit inside run(), which stops the run and cleans up)."""
+    code, stdout, stderr, took = _sigterm_mid_stage(workdir, "own")
+    assert code == 7, (code, stderr)
+    assert "own handler" in stdout and "finished" not in stdout
+    assert took < 15, took
+    assert_no_leftovers(workdir)
+
+
+def test_the_sigterm_handler_is_installed_only_from_the_main_thread(workdir):
+    script = textwrap.dedent(
+        """
+        import signal, sys, threading
+        from chainlink import Chainlink
+
+        chain = Chainlink([{"image": %r, "entrypoint": ["true"]}], workdir=sys.argv[1])
+        thread = threading.Thread(target=chain.run)
+        thread.start()
+        thread.join()
+        print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+        chain.run()
+        print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+        """
+    ) % (IMAGE,)
+    done = subprocess.run([sys.executable, "-c", script, str(workdir)], capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False"], done.stdout
     assert_no_leftovers(workdir)

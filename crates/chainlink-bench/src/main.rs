@@ -1,7 +1,7 @@
 //! chainlink's benchmarks: chainlink next to the engine's own floor, in one run, interleaved.
 //!
 //! ```text
-//! chainlink-bench [--rounds N] [--sections a,b,c,d] [--concurrency 8,32] [--python PATH] [--json FILE]
+//! chainlink-bench [--rounds N] [--sections a,b,c,d,e] [--concurrency 8,32] [--python PATH] [--json FILE]
 //! ```
 //!
 //! - (a) a chain of 20 stages `true`, against the same 20 containers by the plainest bollard loop
@@ -11,7 +11,9 @@
 //! - (c) one stage printing 100 MiB, run by this binary re-executed (`--child-output`) so that
 //!   its wall time and peak memory are its own, against `docker run` with output to /dev/null;
 //! - (d) the Python module (`bench/python_bench.py` on `--python`): (a) through `run()`, and 8
-//!   chains through `run_async` under `asyncio.gather`.
+//!   chains through `run_async` under `asyncio.gather`;
+//! - (e) only when asked (`--sections e`): the cost of `disk_limit` for stages that write
+//!   nothing, (a)'s chain and one stage `sleep 10`, each with the default limit and with none.
 //!
 //! Each round runs every contender of a figure next to the others, in alternating order; the
 //! table gives median and min–max per contender and the ratios.
@@ -42,6 +44,8 @@ const CONCURRENCY: [usize; 2] = [8, 32];
 const PY_CONCURRENCY: usize = 8;
 const OUTPUT_BYTES: u64 = 100 << 20;
 /// 70 characters; `yes` adds the newline.
+/// The stage of (e) that lives through about ten of the disk limit's measurements.
+const SLEEP_SECONDS: u32 = 10;
 const OUTPUT_LINE: &str = "chainlink bench output: a line of seventy characters to fill the pipe.";
 
 type Res<T> = Result<T, String>;
@@ -60,7 +64,7 @@ struct Args {
 
 fn usage(code: i32) -> ! {
     eprintln!(
-        "usage: chainlink-bench [--rounds N] [--no-warmup] [--sections a,b,c,d] [--concurrency 8,32] [--python PATH] \
+        "usage: chainlink-bench [--rounds N] [--no-warmup] [--sections a,b,c,d,e] [--concurrency 8,32] [--python PATH] \
          [--script bench/python_bench.py] [--json FILE]"
     );
     std::process::exit(code)
@@ -261,6 +265,8 @@ struct Bench {
     seq_chain: Chain,
     conc_chain: Chain,
     python: Option<Python>,
+    /// (e): (a)'s chain without a disk limit, and the `sleep` stage with the default and none.
+    disk: Option<[Chain; 3]>,
     /// CPU seconds of the latest Python command.
     python_cpu: f64,
     workdir: PathBuf,
@@ -275,6 +281,10 @@ const BOLLARD_LOGS: &str = "bollard, logs followed";
 const DOCKER_RUN_NULL: &str = "docker run > /dev/null";
 /// The chain's child on a current-thread runtime (an experiment: where the client's CPU goes).
 const CHAIN_CURRENT: &str = "chain, 1-thread runtime";
+const TRUE_LIMIT: &str = "20 x true, disk_limit 1g";
+const TRUE_NONE: &str = "20 x true, disk_limit null";
+const SLEEP_LIMIT: &str = "sleep 10, disk_limit 1g";
+const SLEEP_NONE: &str = "sleep 10, disk_limit null";
 
 impl Bench {
     fn true_argv() -> Vec<String> {
@@ -348,6 +358,21 @@ impl Bench {
             other => unreachable!("{other}"),
         }
         Ok(stages / started.elapsed().as_secs_f64())
+    }
+
+    /// Wall seconds of one run of an (e) chain.
+    async fn disk(&mut self, contender: &str) -> Res<f64> {
+        let [true_none, sleep_limit, sleep_none] = self.disk.as_ref().ok_or("no (e) chains")?;
+        let chain = match contender {
+            TRUE_LIMIT => &self.seq_chain,
+            TRUE_NONE => true_none,
+            SLEEP_LIMIT => sleep_limit,
+            SLEEP_NONE => sleep_none,
+            other => unreachable!("{other}"),
+        };
+        let started = Instant::now();
+        check_run(chain.run(&BTreeMap::new()).await)?;
+        Ok(started.elapsed().as_secs_f64())
     }
 
     /// Wall seconds of the 100 MiB stage; extra numbers go into `extra`.
@@ -514,13 +539,29 @@ async fn bench_in(args: &Args, docker: Docker, workdir: &Path, job_dir: &Path, r
     let template = Template::probe(&docker, IMAGE, workdir).await?;
     eprintln!("containers as chainlink makes them; log driver {}", template.log_driver());
     let seq_chain = Chain::new(trivial(SEQ_STAGES), options.clone()).await.map_err(|e| e.to_string())?;
-    let conc_chain = Chain::new(trivial(CONC_STAGES), options).await.map_err(|e| e.to_string())?;
+    let conc_chain = Chain::new(trivial(CONC_STAGES), options.clone()).await.map_err(|e| e.to_string())?;
+    let disk = match has("e") {
+        true => {
+            let unlimited = |mut stage: Stage| {
+                stage.disk_limit = None;
+                stage
+            };
+            let sleep = Stage::new(IMAGE).entrypoint(["sleep".to_string(), SLEEP_SECONDS.to_string()]);
+            let new = |stages: Vec<Stage>| Chain::new(stages, options.clone());
+            Some([
+                new(trivial(SEQ_STAGES).into_iter().map(unlimited).collect()).await.map_err(|e| e.to_string())?,
+                new(vec![sleep.clone()]).await.map_err(|e| e.to_string())?,
+                new(vec![unlimited(sleep)]).await.map_err(|e| e.to_string())?,
+            ])
+        }
+        false => None,
+    };
     let python = match (&args.python, has("d")) {
         (Some(python), true) => Some(Python::start(python, &args.script, workdir)?),
         _ => None,
     };
     let with_python = python.is_some();
-    let mut bench = Bench { docker, template, seq_chain, conc_chain, python, python_cpu: 0.0, workdir: workdir.to_path_buf(), job_dir: job_dir.to_path_buf() };
+    let mut bench = Bench { docker, template, seq_chain, conc_chain, python, disk, python_cpu: 0.0, workdir: workdir.to_path_buf(), job_dir: job_dir.to_path_buf() };
 
     let figures = &mut report.figures;
     if has("a") {
@@ -544,6 +585,10 @@ async fn bench_in(args: &Args, docker: Docker, workdir: &Path, job_dir: &Path, r
     if has("c") {
         figures.push(Figure::new("c", "(c) one stage printing 100 MiB".into(), "s", &[CHAIN, DOCKER_RUN_NULL, BOLLARD_LOGS, CHAIN_CURRENT]));
     }
+    if has("e") {
+        let title = "(e) disk_limit on stages that write nothing".to_string();
+        figures.push(Figure::new("e", title, "s", &[TRUE_LIMIT, TRUE_NONE, SLEEP_LIMIT, SLEEP_NONE]));
+    }
 
     let engine = engine_pids();
     if engine.is_empty() {
@@ -566,6 +611,7 @@ async fn bench_in(args: &Args, docker: Docker, workdir: &Path, job_dir: &Path, r
                     "a" => bench.seq(name).await,
                     "b" => bench.conc(name, figure.concurrency).await,
                     "c" => bench.output(name, &mut extra).await,
+                    "e" => bench.disk(name).await,
                     _ => unreachable!(),
                 }
                 .map_err(|e| format!("{} / {name}: {e}", figure.label()))?;
@@ -690,6 +736,15 @@ fn render(figures: &[Figure], rounds: usize, load_start: &str, load_end: &str) -
                     let verdict = if rss.max <= 64.0 { "met" } else { "MISSED" };
                     out += &format!("  chain peak RSS (max of rounds) {:>6} MiB  target <= 64 MiB: {verdict}\n", fmt3(rss.max));
                 }
+            }
+            "e" => {
+                out += &ratio_line("20 x true: with the limit / without", f.samples(TRUE_LIMIT), f.samples(TRUE_NONE), None);
+                out += "\n";
+                out += &ratio_line("sleep: with the limit / without", f.samples(SLEEP_LIMIT), f.samples(SLEEP_NONE), None);
+                out += "\n";
+                let engine = |name: &str| f.contenders.iter().find(|c| c.name == name).map_or(&[][..], |c| &c.engine_cpu[..]);
+                out += &ratio_line("sleep: engine CPU with the limit / without", engine(SLEEP_LIMIT), engine(SLEEP_NONE), None);
+                out += "\n";
             }
             _ => {}
         }

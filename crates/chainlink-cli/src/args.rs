@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     name = "chainlink",
     version,
     about = "Run Docker containers in sequence, sharing a /job directory",
-    after_help = "Examples:\n  chainlink run examples/hello.yaml\n  chainlink run --json --env NAME=world chain.yaml > results.json\n  chainlink validate chain.yaml\n  chainlink gc\n\nExit status: 0 every stage succeeded; 1 a stage failed (non-zero exit, timeout, OOM);\n2 invalid input; 3 engine failure; 130 interrupted (SIGINT), 143 terminated (SIGTERM)."
+    after_help = "Examples:\n  chainlink run examples/hello.yaml\n  chainlink run --json --env NAME=world chain.yaml > results.json\n  chainlink validate chain.yaml\n  chainlink gc\n\nExit status: 0 every stage succeeded; 1 a stage failed (non-zero exit, timeout, OOM);\n2 invalid input; 3 engine failure; 129 hung up (SIGHUP), 130 interrupted (SIGINT),\n143 terminated (SIGTERM)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -43,7 +43,8 @@ Example:
 FILE is YAML (JSON when its name ends in .json): a list of stages, or a mapping with
 `stages:`, `env:` (every stage's base environment) and `workdir:` (relative to the file).
 Flags win over the file. Exit status: 0 every stage succeeded; 1 a stage failed;
-2 invalid input; 3 engine failure; 130 after Ctrl-C; 143 after SIGTERM.";
+2 invalid input; 3 engine failure; 129 after SIGHUP; 130 after Ctrl-C; 143 after SIGTERM.
+A signal stops the run and removes its containers and run directory before exiting.";
 
 const VALIDATE_EXAMPLES: &str = "\
 Example:
@@ -54,10 +55,12 @@ Exit status: 0 the chain is valid; 2 it is not (every problem is listed).";
 
 const GC_EXAMPLES: &str = "\
 Example:
-  $ chainlink gc --workdir /var/tmp/chainlink
+  $ chainlink gc --workdir /var/tmp/chainlink --cleanup-image busybox
 
-Only what processes that are no longer alive left on this host is removed.
-Exit status: 0 done; 3 the engine is unreachable or something could not be removed.";
+Only what processes that are no longer alive left on this host is removed. What was removed is
+printed on standard output, what could not be removed on standard error, one per line.
+Exit status: 0 everything found was removed; 2 the workdir is not a directory; 3 the engine is
+unreachable or something could not be removed.";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -106,6 +109,11 @@ pub struct GcArgs {
     /// The directory whose run directories are swept [default: the system temp dir].
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
+
+    /// An image with `rm` to remove, as root, files a stage left that this user may not remove;
+    /// tried in order, before images of chainlink containers found on the engine (repeatable).
+    #[arg(long = "cleanup-image", value_name = "IMAGE")]
+    pub cleanup_images: Vec<String>,
 }
 
 /// `--pull`.
@@ -129,14 +137,20 @@ impl From<Pull> for chainlink::PullPolicy {
     }
 }
 
+/// `KEY=VALUE`, split at the first '='. The name is refused where `docker run -e` would take
+/// it but mean something else: empty, or with whitespace around it.
 fn parse_env(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.is_empty() && !key.contains('\0') && !value.contains('\0') => {
-            Ok((key.to_string(), value.to_string()))
-        }
-        Some(("", _)) => Err("the variable name is empty".to_string()),
-        Some(_) => Err("NUL bytes are not allowed".to_string()),
-        None => Err(format!("expected KEY=VALUE, got {text:?}")),
+    let Some((key, value)) = text.split_once('=') else {
+        return Err(format!("expected KEY=VALUE, got {text:?}"));
+    };
+    if key.is_empty() {
+        Err(format!("expected a variable name before '=', got {text:?}"))
+    } else if key.trim() != key {
+        Err(format!("expected a variable name without leading or trailing whitespace, got {key:?}"))
+    } else if text.contains('\0') {
+        Err(format!("expected no NUL bytes, got {text:?}"))
+    } else {
+        Ok((key.to_string(), value.to_string()))
     }
 }
 
@@ -154,7 +168,12 @@ mod tests {
     fn env_entries_split_at_the_first_equals_sign() {
         assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
         assert_eq!(parse_env("A="), Ok(("A".into(), String::new())));
-        assert!(parse_env("=x").is_err());
+        assert_eq!(parse_env("=x"), Err("expected a variable name before '=', got \"=x\"".into()));
         assert!(parse_env("A").is_err());
+        assert_eq!(parse_env(" A=1"), Err("expected a variable name without leading or trailing whitespace, got \" A\"".into()));
+        assert!(parse_env("A\t=1").is_err() && parse_env("A\n=1").is_err());
+        assert_eq!(parse_env("A=x\0y"), Err("expected no NUL bytes, got \"A=x\\0y\"".into()));
+        // Whitespace in the value is the value's.
+        assert_eq!(parse_env("A= b "), Ok(("A".into(), " b ".into())));
     }
 }

@@ -46,8 +46,15 @@ async fn run(args: RunArgs) -> Ending {
     let prepare = async {
         let engine = DockerEngine::connect().await.map_err(Error::EngineUnavailable)?;
         let images = distinct_images(&file.stages);
+        // What dead runs left is not this run's business: a sweep that fails, or that cannot
+        // remove something, is a warning and the run goes on.
         match sweep_dead_runs(&engine, &workdir, &images).await {
-            Ok(report) => renderer.swept(&report),
+            Ok(report) => {
+                renderer.swept(&report);
+                for failure in &report.failures {
+                    renderer.note(&format!("chainlink: warning: could not remove what a dead run left: {failure}"));
+                }
+            }
             Err(e) => renderer.note(&format!("chainlink: warning: failed to sweep what dead runs left: {e}")),
         }
         let options = ChainOptions::default().workdir(&workdir).pull(args.pull.into()).events(renderer.sink());
@@ -85,7 +92,7 @@ async fn run(args: RunArgs) -> Ending {
             if matches!(ending, Ending::Success | Ending::StageFailed) {
                 ending = Ending::Input(message);
             } else {
-                eprintln!("chainlink: error: {message}");
+                let _ = writeln!(std::io::stderr(), "chainlink: error: {message}");
             }
         }
     }
@@ -102,6 +109,18 @@ fn validate(args: &ValidateArgs) -> Ending {
         Ok(file) => {
             let n = file.stages.len();
             println!("ok: {n} stage{}", if n == 1 { "" } else { "s" });
+            // What only the engine can tell is checked when a run connects, before anything
+            // is created; say so rather than let "ok" promise it.
+            let unchecked: Vec<usize> =
+                file.stages.iter().enumerate().filter(|(_, s)| s.needs_engine_check()).map(|(i, _)| i).collect();
+            if !unchecked.is_empty() {
+                let stages: Vec<String> = unchecked.iter().map(|i| format!("stages[{i}]")).collect();
+                eprintln!(
+                    "note: not checked without an engine (checked when a run connects): {} for {}",
+                    chainlink::spec::ENGINE_CHECKS.join("; "),
+                    stages.join(", ")
+                );
+            }
             Ending::Success
         }
         Err(message) => Ending::Input(message),
@@ -110,24 +129,42 @@ fn validate(args: &ValidateArgs) -> Ending {
 
 async fn gc(args: &GcArgs) -> Ending {
     let workdir = args.workdir.as_deref().map_or_else(std::env::temp_dir, input::absolute);
+    let refused = match std::fs::metadata(&workdir) {
+        Ok(meta) if meta.is_dir() => None,
+        Ok(_) => Some("expected a directory, found a file".to_string()),
+        Err(e) => Some(format!("expected an existing directory: {e}")),
+    };
+    if let Some(why) = refused {
+        return Ending::Input(format!("--workdir {}: {why}", workdir.display()));
+    }
     let engine = match DockerEngine::connect().await {
         Ok(engine) => engine,
         Err(e) => return Ending::Library(Error::EngineUnavailable(e)),
     };
-    match sweep_dead_runs(&engine, &workdir, &[]).await {
-        Ok(report) => {
-            for id in &report.containers {
-                println!("removed container {id}");
-            }
-            for dir in &report.directories {
-                println!("removed directory {}", dir.display());
-            }
-            if report.containers.is_empty() && report.directories.is_empty() {
-                println!("nothing to remove");
-            }
-            Ending::Success
-        }
-        Err(e) => Ending::Cleanup(e),
+    let report = match sweep_dead_runs(&engine, &workdir, &args.cleanup_images).await {
+        Ok(report) => report,
+        Err(e) => return Ending::Cleanup(e),
+    };
+    // Written, not printed: a closed standard output must not panic the sweep's report away.
+    let mut out = std::io::stdout().lock();
+    for id in &report.containers {
+        let _ = writeln!(out, "removed container {id}");
+    }
+    for dir in &report.directories {
+        let _ = writeln!(out, "removed directory {}", dir.display());
+    }
+    if report.containers.is_empty() && report.directories.is_empty() && report.failures.is_empty() {
+        let _ = writeln!(out, "nothing to remove");
+    }
+    let _ = out.flush();
+    let mut err = std::io::stderr().lock();
+    for failure in &report.failures {
+        let _ = writeln!(err, "chainlink: could not remove {failure}");
+    }
+    if report.failures.is_empty() {
+        Ending::Success
+    } else {
+        Ending::Unremoved(report.failures.len())
     }
 }
 

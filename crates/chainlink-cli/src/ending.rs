@@ -12,8 +12,11 @@ pub enum Ending {
     Input(String),
     /// The library refused or failed.
     Library(chainlink::Error),
-    /// Something the engine held could not be removed (`gc`).
+    /// The sweep could not even list what dead runs left (`gc`).
     Cleanup(chainlink::cleanup::CleanupError),
+    /// `gc` removed what it could, and this many things could not be removed (each already
+    /// printed on standard error).
+    Unremoved(usize),
     /// A signal cancelled the run; its number.
     Interrupted(i32),
 }
@@ -26,6 +29,10 @@ impl Ending {
             Ending::Input(message) => Some(message.clone()),
             Ending::Library(error) => Some(error.to_string()),
             Ending::Cleanup(error) => Some(format!("failed to sweep what dead runs left: {error}")),
+            Ending::Unremoved(count) => Some(format!(
+                "failed to remove {count} thing{} that dead runs left (listed above)",
+                if *count == 1 { "" } else { "s" }
+            )),
             Ending::Interrupted(signal) => {
                 Some(format!("interrupted by {}; the run was stopped and cleaned up", signal_name(*signal)))
             }
@@ -34,7 +41,8 @@ impl Ending {
 }
 
 /// The exit status of every way a command can end: 0 success; 1 a stage failed; 2 invalid
-/// input; 3 the engine; 128 + the signal's number after SIGINT (130) or SIGTERM (143).
+/// input; 3 the engine, or something `gc` could not remove; 128 + the signal's number after
+/// SIGHUP (129), SIGINT (130) or SIGTERM (143).
 pub fn exit_code(ending: &Ending) -> u8 {
     use chainlink::Error as E;
     match ending {
@@ -49,7 +57,8 @@ pub fn exit_code(ending: &Ending) -> u8 {
             | E::Workspace { .. }
             | E::Cleanup { .. },
         )
-        | Ending::Cleanup(_) => 3,
+        | Ending::Cleanup(_)
+        | Ending::Unremoved(_) => 3,
         // Only a signal cancels a run, and that ends as `Interrupted`; SIGINT's status is the
         // fallback.
         Ending::Library(E::Cancelled { .. }) => 128 + libc::SIGINT as u8,
@@ -61,6 +70,7 @@ pub fn signal_name(signal: i32) -> &'static str {
     match signal {
         libc::SIGINT => "SIGINT",
         libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
         _ => "a signal",
     }
 }
@@ -83,5 +93,7 @@ mod tests {
         assert_eq!(exit_code(&Ending::Library(unavailable)), 3);
         assert_eq!(exit_code(&Ending::Interrupted(libc::SIGINT)), 130);
         assert_eq!(exit_code(&Ending::Interrupted(libc::SIGTERM)), 143);
+        assert_eq!(exit_code(&Ending::Interrupted(libc::SIGHUP)), 129);
+        assert_eq!(exit_code(&Ending::Unremoved(2)), 3);
     }
 }

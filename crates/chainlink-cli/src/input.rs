@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use chainlink::spec::ChainFileError;
+use chainlink::spec::{ChainFileError, MAX_CHAIN_FILE_BYTES};
 use chainlink::ChainFile;
 
 /// Reads and parses a chain file (`-`: standard input). The error is the message to print:
@@ -12,22 +12,30 @@ use chainlink::ChainFile;
 pub fn load(path: &Path) -> Result<ChainFile, String> {
     let stdin = path.as_os_str() == "-";
     let name = if stdin { "<stdin>".to_string() } else { path.display().to_string() };
-    let text = if stdin {
-        let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text).map_err(|e| format!("cannot read standard input: {e}"))?;
-        text
+    let bytes = if stdin {
+        read_limited(std::io::stdin().lock()).map_err(|e| format!("cannot read standard input: {e}"))?
     } else {
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read {name}: {e}"))?
+        let file = std::fs::File::open(path).map_err(|e| format!("cannot read {name}: {e}"))?;
+        read_limited(file).map_err(|e| format!("cannot read {name}: {e}"))?
     };
     let json = !stdin && path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
-    ChainFile::parse(&text, json).map_err(|error| match error {
+    ChainFile::parse_bytes(&bytes, json).map_err(|error| match error {
         ChainFileError::Syntax(e) => match (e.line, e.column) {
             (Some(line), Some(column)) => format!("{name}:{line}:{column}: {e}"),
             (Some(line), None) => format!("{name}:{line}: {e}"),
             _ => format!("{name}: {e}"),
         },
         ChainFileError::Invalid(problems) => format!("{name}: {}", chainlink::Error::Invalid(problems)),
+        other => format!("{name}: {other}"),
     })
+}
+
+/// Reads at most one byte more than a chain file may hold, so that `/dev/zero` or an endless
+/// pipe is refused at once instead of filling memory.
+fn read_limited(reader: impl Read) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    reader.take(MAX_CHAIN_FILE_BYTES as u64 + 1).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// The run's workdir: the flag (relative to the current directory), else the file's
@@ -59,6 +67,13 @@ pub fn environment(file: &ChainFile, flags: &[(String, String)]) -> BTreeMap<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reading_stops_one_byte_past_the_limit() {
+        let endless = std::io::repeat(b'a');
+        assert_eq!(read_limited(endless).unwrap().len(), MAX_CHAIN_FILE_BYTES + 1);
+        assert_eq!(read_limited(&b"- image: a\n"[..]).unwrap(), b"- image: a\n");
+    }
 
     fn chain(text: &str) -> ChainFile {
         ChainFile::parse(text, false).unwrap()

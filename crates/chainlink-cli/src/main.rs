@@ -7,6 +7,7 @@ mod input;
 mod render;
 mod signals;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -18,7 +19,8 @@ fn main() -> ExitCode {
         Err(e) => ending::Ending::Input(format!("cannot start the async runtime: {e}")),
     };
     if let Some(message) = ending.message() {
-        eprintln!("chainlink: error: {message}");
+        // Not eprintln!, which panics when standard error is gone (a closed terminal: SIGHUP).
+        let _ = writeln!(std::io::stderr(), "chainlink: error: {message}");
     }
     ExitCode::from(ending::exit_code(&ending))
 }

@@ -129,6 +129,7 @@ impl Renderer {
                     Outcome::TimedOut => format!("killed after {} (timeout)", self.timeout_of(*index)),
                     Outcome::OomKilled => "OOM".to_string(),
                     Outcome::DiskLimit => "killed (disk_limit)".to_string(),
+                    Outcome::StartFailed(code) => format!("could not start (exit {code})"),
                     Outcome::Skipped => "skipped".to_string(),
                 };
                 let mut state = self.lock();

@@ -2,7 +2,7 @@
 //! (`bash scripts/build-test-images.sh`). Each test has its own temporary directory and workdir,
 //! and checks only its own run's leftovers: the run directory under its workdir, and containers
 //! whose `org.chainlink.run` label starts with the CLI process's pid (a run id is
-//! `<pid>-<process start time>-<sequence>`).
+//! `<pid>-<random hex>`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -188,12 +188,18 @@ impl Watched {
     }
 
     /// Waits for the process to end; its exit status and all of its standard error.
-    fn finish(mut self) -> (ExitStatus, String) {
+    fn finish(self) -> (ExitStatus, String) {
+        let (status, _, stderr) = self.finish_with_stdout();
+        (status, stderr)
+    }
+
+    /// Waits for the process to end; its exit status, standard output and standard error.
+    fn finish_with_stdout(mut self) -> (ExitStatus, String, String) {
         let child = self.child.take().unwrap();
         let output = wait_output(child);
         self.reader.take().unwrap().join().unwrap();
         self.seen.extend(self.lines.try_iter());
-        (output.status, self.seen.join("\n"))
+        (output.status, String::from_utf8(output.stdout).unwrap(), self.seen.join("\n"))
     }
 }
 
@@ -231,9 +237,16 @@ fn assert_nothing_left(case: &Case, ran: &Ran) {
     assert_eq!(containers_of_process(ran.pid), Vec::<String>::new(), "containers left\n{}", ran.show());
 }
 
+/// This user's private directory in `workdir`, where run directories are.
+fn private_dir(workdir: &Path) -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    workdir.join(format!("chainlink-{}", unsafe { libc::geteuid() }))
+}
+
 /// The run id of the one run directory under `workdir`.
 fn run_id_in(workdir: &Path) -> String {
-    let names = entries(workdir);
+    assert_eq!(entries(workdir), [format!("chainlink-{}", unsafe { libc::geteuid() })], "only the private directory");
+    let names = entries(&private_dir(workdir));
     assert_eq!(names.len(), 1, "expected one run directory, found {names:?}");
     names[0].strip_prefix("chainlink-run-").expect("a run directory").to_string()
 }
@@ -446,12 +459,33 @@ fn an_unavailable_image_exits_3_naming_it() {
     assert_nothing_left(&case, &ran);
 }
 
+/// A compile that produced nothing, then a stage that runs what it should have produced: the
+/// student's failure (exit 1, one result per stage), not the engine's (exit 3).
+#[test]
+fn a_program_that_cannot_start_exits_1_with_every_result() {
+    let case = Case::new();
+    let file = case.file(
+        "chain.yaml",
+        &format!("- image: {IMAGE}\n  entrypoint: ['true']\n- image: {IMAGE}\n  entrypoint: [/job/a.out]\n- image: {IMAGE}\n"),
+    );
+    let ran = case.run(&file, &["--json"]);
+    assert_eq!(ran.code(), Some(1), "{}", ran.show());
+    assert!(ran.stderr.contains("[2/3] chainlink-test/busybox: could not start (exit 127)"), "{}", ran.show());
+    let results = ran.json();
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[1]["success"], false);
+    assert_eq!(results[1]["data"]["ExitCode"], 127);
+    assert!(results[1]["logs"]["stderr"].as_str().unwrap().contains("the stage could not start"), "{}", ran.show());
+    assert_eq!(results[2]["skipped"], true);
+    assert_nothing_left(&case, &ran);
+}
+
 #[test]
 fn an_engine_error_during_a_stage_exits_3_and_cleans_up() {
     let case = Case::new();
     let file = case.file(
         "chain.yaml",
-        &format!("- image: {IMAGE}\n  entrypoint: ['true']\n- image: {IMAGE}\n  runtime: no-such-runtime\n"),
+        &format!("- image: {IMAGE}\n  entrypoint: ['true']\n- image: {IMAGE}\n  tmpfs: {{/etc/passwd: ''}}\n"),
     );
     let ran = case.run(&file, &["--json"]);
     assert_eq!(ran.code(), Some(3), "{}", ran.show());
@@ -587,6 +621,32 @@ fn sigterm_during_a_stage_exits_143_and_leaves_nothing() {
 }
 
 #[test]
+fn sighup_during_a_stage_exits_129_leaves_nothing_and_still_prints_json() {
+    let case = Case::new();
+    let file = long_chain(&case);
+    let mut args = run_args(&case, &file);
+    args.push("--json".to_string());
+    let mut cli = Watched::start(&args);
+    cli.wait_for("[1/2] chainlink-test/busybox: started");
+    let run = run_id_in(&case.workdir());
+    assert!(!containers_of_run(&run).is_empty(), "the stage's container exists while it runs");
+    let sent = Instant::now();
+    signal(cli.pid(), libc::SIGHUP);
+    cli.wait_for("chainlink: SIGHUP: stopping the run");
+    // A hang-up often comes twice (the kernel and the shell): the second must not skip cleanup.
+    signal(cli.pid(), libc::SIGHUP);
+    let (status, stdout, stderr) = cli.finish_with_stdout();
+    assert_eq!(status.code(), Some(129), "{stderr}");
+    assert!(sent.elapsed() < Duration::from_secs(30), "cancellation took {:?}", sent.elapsed());
+    assert!(stderr.contains("chainlink: error: interrupted by SIGHUP; the run was stopped and cleaned up"), "{stderr}");
+    assert!(!stderr.contains("[2/2]"), "no stage after the cancelled one\n{stderr}");
+    let results: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    assert!(results.as_array().is_some_and(|r| r.len() < 2), "the stages that finished, as JSON: {stdout}");
+    assert_eq!(containers_of_run(&run), Vec::<String>::new(), "containers of run {run} left\n{stderr}");
+    assert_eq!(case.workdir_entries(), Vec::<String>::new(), "run directory left\n{stderr}");
+}
+
+#[test]
 fn a_second_sigint_exits_at_once_and_gc_removes_the_rest() {
     let case = Case::new();
     let file = long_chain(&case);
@@ -625,7 +685,7 @@ fn gc_removes_what_a_killed_run_left() {
 
     let gc = chainlink(&strings(&["gc", "--workdir", case.workdir().to_str().unwrap()]), &[]);
     assert_eq!(gc.code(), Some(0), "{}", gc.show());
-    let dir = case.workdir().join(format!("chainlink-run-{run}"));
+    let dir = private_dir(&case.workdir()).join(format!("chainlink-run-{run}"));
     assert!(gc.stdout.contains(&format!("removed directory {}\n", dir.display())), "{}", gc.show());
     assert_eq!(containers_of_run(&run), Vec::<String>::new(), "{}", gc.show());
     assert_eq!(case.workdir_entries(), Vec::<String>::new());
@@ -635,16 +695,97 @@ fn gc_removes_what_a_killed_run_left() {
     assert!(!again.stdout.contains("removed directory"), "{}", again.show());
 }
 
+/// Clears the immutable attribute of a file, even when the test fails half-way, so that the
+/// test's directory can be removed.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(path: PathBuf) -> Immutable {
+        std::fs::write(&path, "cannot go").unwrap();
+        let out = Command::new("chattr").arg("+i").arg(&path).output().expect("chattr (e2fsprogs)");
+        assert!(out.status.success(), "chattr +i failed (the suite runs as root): {}", String::from_utf8_lossy(&out.stderr));
+        Immutable(path)
+    }
+
+    fn clear(&self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).output();
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+#[test]
+fn gc_and_run_report_what_they_cannot_remove() {
+    let case = Case::new();
+    let work = case.workdir();
+    let file = long_chain(&case);
+    let mut cli = Watched::start(&run_args(&case, &file));
+    cli.wait_for("[1/2] chainlink-test/busybox: started");
+    let run = run_id_in(&work);
+    let dir = private_dir(&work).join(format!("chainlink-run-{run}"));
+    // An immutable file: not even root (nor a root cleanup container, which lacks
+    // CAP_LINUX_IMMUTABLE) may remove it.
+    let stuck = Immutable::set(dir.join("stuck"));
+    signal(cli.pid(), libc::SIGKILL);
+    let (status, _) = cli.finish();
+    assert_eq!(status.code(), None, "killed by a signal");
+
+    let gc_args = strings(&["gc", "--workdir", work.to_str().unwrap(), "--cleanup-image", IMAGE]);
+    let gc = chainlink(&gc_args, &[]);
+    assert_eq!(gc.code(), Some(3), "{}", gc.show());
+    assert!(gc.stderr.contains(&dir.display().to_string()), "the failure names the directory\n{}", gc.show());
+    assert!(!gc.stdout.contains("nothing to remove"), "{}", gc.show());
+    // Whatever else happened, the dead run's container is gone.
+    assert_eq!(containers_of_run(&run), Vec::<String>::new(), "{}", gc.show());
+    assert!(dir.join("stuck").exists());
+
+    // `run` sweeps the same workdir first: a warning, and the run goes on.
+    let quick = case.file("quick.yaml", &format!("- image: {IMAGE}\n  entrypoint: ['true']\n"));
+    let ran = case.run(&quick, &[]);
+    assert_eq!(ran.code(), Some(0), "{}", ran.show());
+    let warning = ran.stderr.lines().find(|l| l.starts_with("chainlink: warning:")).unwrap_or_default();
+    assert!(warning.contains(&dir.display().to_string()), "{}", ran.show());
+    assert_eq!(entries(&private_dir(&work)), [format!("chainlink-run-{run}")], "the quick run left nothing\n{}", ran.show());
+
+    stuck.clear();
+    let gc = chainlink(&gc_args, &[]);
+    assert_eq!(gc.code(), Some(0), "{}", gc.show());
+    assert!(gc.stdout.contains(&format!("removed directory {}\n", dir.display())), "{}", gc.show());
+    assert_eq!(gc.stderr, "", "{}", gc.show());
+    assert_eq!(case.workdir_entries(), Vec::<String>::new());
+}
+
+#[test]
+fn gc_refuses_a_workdir_that_is_not_a_directory() {
+    let case = Case::new();
+    let missing = case.path("missing");
+    let file = case.file("a-file", "");
+    // Checked before the engine is asked anything.
+    let env = [("DOCKER_HOST", UNREACHABLE)];
+    for (path, why) in [(&missing, "expected an existing directory"), (&file, "expected a directory, found a file")] {
+        let gc = chainlink(&strings(&["gc", "--workdir", path.to_str().unwrap()]), &env);
+        assert_eq!(gc.code(), Some(2), "{}", gc.show());
+        assert!(gc.stderr.contains(&format!("chainlink: error: --workdir {}: {why}", path.display())), "{}", gc.show());
+        assert_eq!(gc.stdout, "", "{}", gc.show());
+    }
+}
+
 #[test]
 fn run_sweeps_dead_runs_in_its_workdir_first() {
     let case = Case::new();
-    // A run directory of a process that is gone: a real pid that has exited, a start time
-    // that never was.
-    let mut gone = Command::new("true").spawn().unwrap();
-    gone.wait().unwrap();
-    let dead = case.workdir().join(format!("chainlink-run-{}-1-0", gone.id()));
-    std::fs::create_dir_all(dead.join("nested")).unwrap();
-    std::fs::write(dead.join("nested/file"), "left over").unwrap();
+    // A run directory whose runner is gone: its lock is free.
+    let run = "999999997-00000000000000ef";
+    let private = private_dir(&case.workdir());
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let dead = private.join(format!("chainlink-run-{run}"));
+    std::fs::create_dir_all(dead.join("job/nested")).unwrap();
+    std::fs::write(dead.join("job/nested/file"), "left over").unwrap();
+    std::fs::write(dead.join("lock"), format!("{run}\n0\n")).unwrap();
     // And one that is not a run directory at all.
     std::fs::create_dir(case.workdir().join("keep-me")).unwrap();
 
@@ -666,6 +807,14 @@ fn validate_checks_without_the_engine() {
     let ran = chainlink(&strings(&["validate", file.to_str().unwrap()]), &env);
     assert_eq!(ran.code(), Some(0), "{}", ran.show());
     assert_eq!(ran.stdout, "ok: 2 stages\n");
+    assert_eq!(ran.stderr, "", "nothing here needs the engine to check");
+
+    // What only the engine can tell is named as not checked.
+    let engine_bound = case.file("engine.yaml", &format!("- image: {IMAGE}\n- image: {IMAGE}\n  cpus: 64\n"));
+    let ran = chainlink(&strings(&["validate", engine_bound.to_str().unwrap()]), &env);
+    assert_eq!(ran.code(), Some(0), "{}", ran.show());
+    assert!(ran.stderr.contains("not checked without an engine") && ran.stderr.contains("for stages[1]"), "{}", ran.show());
+    assert!(ran.stderr.contains("cpus is at most the engine's CPU count"), "{}", ran.show());
 
     // `-` reads standard input.
     let mut child = command(&strings(&["validate", "-"]), &env).stdin(Stdio::piped()).spawn().unwrap();
@@ -709,4 +858,89 @@ fn help_shows_examples_and_version_prints() {
     let ran = chainlink(&strings(&["--version"]), &[]);
     assert_eq!(ran.code(), Some(0));
     assert_eq!(ran.stdout, format!("chainlink {}\n", env!("CARGO_PKG_VERSION")));
+}
+
+/// `chainlink validate FILE`, FILE written with `bytes`.
+fn validate_bytes(case: &Case, name: &str, bytes: &[u8]) -> Ran {
+    let path = case.path(name);
+    std::fs::write(&path, bytes).unwrap();
+    chainlink(&strings(&["validate", path.to_str().unwrap()]), &[])
+}
+
+fn assert_refused(ran: &Ran, message: &str) {
+    assert_eq!(ran.code(), Some(2), "{}", ran.show());
+    assert_eq!(ran.stderr, format!("chainlink: error: {message}\n"), "{}", ran.show());
+}
+
+#[test]
+fn endless_input_is_refused_after_16_mib() {
+    let started = Instant::now();
+    let ran = chainlink(&strings(&["validate", "/dev/zero"]), &[]);
+    assert_refused(&ran, "/dev/zero: the file is larger than 16777216 bytes (16 MiB), the most a chain file may hold");
+    let mut cmd = command(&strings(&["validate", "-"]), &[]);
+    cmd.stdin(std::fs::File::open("/dev/zero").unwrap());
+    let output = wait_output(cmd.spawn().unwrap());
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("<stdin>: the file is larger than 16777216 bytes"));
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+}
+
+#[test]
+fn deep_nesting_is_refused_at_once_with_its_position() {
+    let case = Case::new();
+    let text = format!("stages: {}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let started = Instant::now();
+    let ran = validate_bytes(&case, "deep.yaml", text.as_bytes());
+    let name = case.path("deep.yaml").display().to_string();
+    assert_refused(
+        &ran,
+        &format!("{name}:1:73: failed to parse YAML: expected lists and mappings nested at most 64 levels deep, got deeper"),
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // Brackets in strings, comments and block scalars do not count.
+    let fine = format!("- image: {IMAGE}  # {}\n  entrypoint:\n    - sh\n    - |\n      [ -f x ] {}\n    - '{}'\n", "[".repeat(99), "[".repeat(99), "{".repeat(99));
+    let ran = validate_bytes(&case, "fine.yaml", fine.as_bytes());
+    assert_eq!(ran.code(), Some(0), "{}", ran.show());
+}
+
+#[test]
+fn duplicate_keys_are_refused_with_both_lines() {
+    let case = Case::new();
+    let ran = validate_bytes(&case, "dup.yaml", format!("- image: {IMAGE}\n  timeout: 3\n  image: other\n").as_bytes());
+    let name = case.path("dup.yaml").display().to_string();
+    assert_refused(&ran, &format!("{name}:3:3: failed to parse YAML: [0]: expected each key once in a mapping, got `image` twice, at lines 1 and 3"));
+    let ran = validate_bytes(&case, "dup.json", format!("{{\"stages\": [{{\"image\": \"{IMAGE}\"}}],\n\"stages\": []}}").as_bytes());
+    let name = case.path("dup.json").display().to_string();
+    assert_refused(&ran, &format!("{name}:2:8: failed to parse JSON: expected each key once in a mapping, got `stages` twice, at lines 1 and 2"));
+}
+
+#[test]
+fn empty_and_non_utf8_files_are_refused_clearly() {
+    let case = Case::new();
+    for (file, text) in [("empty.yaml", ""), ("comments.yaml", "# nothing yet\n\n")] {
+        let ran = validate_bytes(&case, file, text.as_bytes());
+        let name = case.path(file).display().to_string();
+        assert_refused(&ran, &format!("{name}: the file is empty (expected a list of stages or a mapping with `stages`)"));
+    }
+    let mut latin1 = format!("- image: {IMAGE}\n  hostname: caf").into_bytes();
+    latin1.extend(b"\xe9\n");
+    let ran = validate_bytes(&case, "latin1.yaml", &latin1);
+    let name = case.path("latin1.yaml").display().to_string();
+    assert_refused(&ran, &format!("{name}:2:16: failed to parse YAML: expected UTF-8 text, got the byte 0xE9"));
+}
+
+#[test]
+fn env_flags_with_names_docker_would_misread_exit_2() {
+    let case = Case::new();
+    let file = case.file("chain.yaml", &format!("- image: {IMAGE}\n  entrypoint: [\"true\"]\n"));
+    for (flag, says) in [
+        (" A=1", "expected a variable name without leading or trailing whitespace, got \" A\""),
+        ("A =1", "expected a variable name without leading or trailing whitespace, got \"A \""),
+        ("=1", "expected a variable name before '=', got \"=1\""),
+    ] {
+        let ran = case.run(&file, &["--env", flag]);
+        assert_eq!(ran.code(), Some(2), "{flag:?}: {}", ran.show());
+        assert!(ran.stderr.contains(says), "{flag:?}: {}", ran.show());
+        assert_eq!(case.workdir_entries(), Vec::<String>::new());
+    }
 }

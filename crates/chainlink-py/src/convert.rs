@@ -22,6 +22,30 @@ pub struct ConvertedStages {
 }
 
 const JSON_LIKE: &str = "str, int, float, bool, None, or lists and dicts of those";
+const UNICODE: &str = "text that is valid Unicode (no lone surrogates)";
+const UNICODE_KEYS: &str = "keys that are valid Unicode (no lone surrogates)";
+
+/// A value that has no JSON form: what was expected instead, and what was given.
+struct NoJson {
+    expected: &'static str,
+    got: String,
+}
+
+impl From<String> for NoJson {
+    fn from(got: String) -> NoJson {
+        NoJson { expected: JSON_LIKE, got }
+    }
+}
+
+/// A str that is not valid Unicode, shown as Python shows it (`'a\udcff'`).
+fn surrogate_in(text: &Bound<'_, PyAny>) -> String {
+    let repr = text.repr().map(|r| r.to_string()).unwrap_or_default();
+    if repr.chars().count() > 60 {
+        format!("{}... (holding a lone surrogate)", repr.chars().take(57).collect::<String>())
+    } else {
+        format!("{repr} (holding a lone surrogate)")
+    }
+}
 
 /// Converts the `stages` argument. Raises `TypeError` for a bad `env` entry (the contract: env
 /// values are `str`, `int`, `float` or `bool`); every other problem is collected.
@@ -35,8 +59,8 @@ pub fn stages_to_value(stages: &Bound<'_, PyAny>) -> PyResult<ConvertedStages> {
         // Not a list: the parser says what it expected, if the value has a JSON form at all.
         let value = match to_value(stages) {
             Ok(value) => value,
-            Err(got) => {
-                problems.push(Problem::new(None, None, "a list of stages", got));
+            Err(bad) => {
+                problems.push(Problem::new(None, None, "a list of stages", bad.got));
                 Value::Null
             }
         };
@@ -47,8 +71,8 @@ pub fn stages_to_value(stages: &Bound<'_, PyAny>) -> PyResult<ConvertedStages> {
         let Ok(dict) = item.cast::<PyDict>() else {
             match to_value(item) {
                 Ok(value) => out.push(value),
-                Err(got) => {
-                    problems.push(Problem::new(Some(index), None, "a mapping of stage keys", got));
+                Err(bad) => {
+                    problems.push(Problem::new(Some(index), None, "a mapping of stage keys", bad.got));
                     out.push(Value::Object(Map::new()));
                 }
             }
@@ -60,10 +84,19 @@ pub fn stages_to_value(stages: &Bound<'_, PyAny>) -> PyResult<ConvertedStages> {
                 problems.push(Problem::new(Some(index), None, "string keys", describe_py(&key)));
                 continue;
             };
-            let key = key.to_cow()?.into_owned();
+            let Ok(key) = key.to_cow().map(|k| k.into_owned()) else {
+                problems.push(Problem::new(Some(index), None, UNICODE_KEYS, surrogate_in(&key)));
+                continue;
+            };
             if key == "env" {
                 if let Ok(env) = value.cast::<PyDict>() {
-                    let env = env_to_map(env, &format!("stages[{index}].env"))?;
+                    let env = match env_to_map(env, &format!("stages[{index}].env"))? {
+                        Ok(env) => env,
+                        Err(problem) => {
+                            problems.push(Problem { stage: Some(index), ..problem });
+                            continue;
+                        }
+                    };
                     let env = env.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
                     map.insert(key, Value::Object(env));
                     continue;
@@ -73,7 +106,7 @@ pub fn stages_to_value(stages: &Bound<'_, PyAny>) -> PyResult<ConvertedStages> {
                 Ok(value) => {
                     map.insert(key, value);
                 }
-                Err(got) => problems.push(Problem::new(Some(index), Some(&key), JSON_LIKE, got)),
+                Err(bad) => problems.push(Problem::new(Some(index), Some(&key), bad.expected, bad.got)),
             }
         }
         out.push(Value::Object(map));
@@ -92,13 +125,14 @@ pub fn merge_problems(mut converted: Vec<Problem>, parsed: Vec<Problem>) -> Vec<
     converted
 }
 
-/// Converts `environ` (a dict, or `None` for none).
+/// Converts `environ` (a dict, or `None` for none). A str that is not valid Unicode raises
+/// `InvalidStage` naming `environ`.
 pub fn environ_to_map(environ: Option<&Bound<'_, PyAny>>) -> PyResult<BTreeMap<String, String>> {
     match environ {
         None => Ok(BTreeMap::new()),
         Some(obj) if obj.is_none() => Ok(BTreeMap::new()),
         Some(obj) => match obj.cast::<PyDict>() {
-            Ok(dict) => env_to_map(dict, "environ"),
+            Ok(dict) => env_to_map(dict, "environ")?.map_err(|problem| crate::errors::invalid(obj.py(), vec![problem])),
             Err(_) => Err(PyTypeError::new_err(format!(
                 "environ: expected a dict of str to str, got {}",
                 type_name(obj)
@@ -108,31 +142,38 @@ pub fn environ_to_map(environ: Option<&Bound<'_, PyAny>>) -> PyResult<BTreeMap<S
 }
 
 /// An environment mapping: `str` values as they are, `int`, `float` and `bool` as `str(value)`,
-/// anything else a `TypeError` naming the place (`stages[0].env.FOO`).
-fn env_to_map(dict: &Bound<'_, PyDict>, place: &str) -> PyResult<BTreeMap<String, String>> {
+/// anything else a `TypeError` naming the place (`stages[0].env.FOO`). A str that is not valid
+/// Unicode is a problem of the place (`environ`, or `env` of the stage), as the library's.
+fn env_to_map(dict: &Bound<'_, PyDict>, place: &str) -> PyResult<Result<BTreeMap<String, String>, Problem>> {
+    let key_name = place.rsplit('.').next().unwrap_or(place);
     let mut out = BTreeMap::new();
     for (key, value) in dict.iter() {
-        let Ok(key) = key.cast::<PyString>() else {
+        let Ok(key_str) = key.cast::<PyString>() else {
             return Err(PyTypeError::new_err(format!("{place}: expected str keys, got {}", type_name(&key))));
         };
-        let key = key.to_cow()?.into_owned();
+        let Ok(name) = key_str.to_cow().map(|k| k.into_owned()) else {
+            return Ok(Err(Problem::new(None, Some(key_name), UNICODE_KEYS, surrogate_in(&key))));
+        };
         let text = if let Ok(text) = value.cast::<PyString>() {
-            text.to_cow()?.into_owned()
+            match text.to_cow() {
+                Ok(text) => text.into_owned(),
+                Err(_) => return Ok(Err(Problem::new(None, Some(key_name), UNICODE, format!("{name}: {}", surrogate_in(&value))))),
+            }
         } else if value.is_instance_of::<PyBool>() || value.is_instance_of::<PyInt>() || value.is_instance_of::<PyFloat>() {
             value.str()?.to_cow()?.into_owned()
         } else {
             return Err(PyTypeError::new_err(format!(
-                "{place}.{key}: expected str, int, float or bool, got {}",
+                "{place}.{name}: expected str, int, float or bool, got {}",
                 type_name(&value)
             )));
         };
-        out.insert(key, text);
+        out.insert(name, text);
     }
-    Ok(out)
+    Ok(Ok(out))
 }
 
 /// A Python value as JSON; the error describes what had no JSON form.
-fn to_value(obj: &Bound<'_, PyAny>) -> Result<Value, String> {
+fn to_value(obj: &Bound<'_, PyAny>) -> Result<Value, NoJson> {
     if obj.is_none() {
         Ok(Value::Null)
     } else if let Ok(flag) = obj.cast::<PyBool>() {
@@ -143,13 +184,15 @@ fn to_value(obj: &Bound<'_, PyAny>) -> Result<Value, String> {
         } else if let Ok(n) = obj.extract::<u64>() {
             Ok(Value::from(n))
         } else {
-            Err(format!("{} (too large)", obj.str().map(|s| s.to_string()).unwrap_or_default()))
+            Err(format!("{} (too large)", obj.str().map(|s| s.to_string()).unwrap_or_default()).into())
         }
     } else if let Ok(f) = obj.cast::<PyFloat>() {
         let f = f.value();
-        Number::from_f64(f).map(Value::Number).ok_or_else(|| format!("{f} (not a finite number)"))
+        // Python's spelling (nan, inf), not Rust's (NaN).
+        let shown = || obj.repr().map(|r| r.to_string()).unwrap_or_else(|_| f.to_string());
+        Number::from_f64(f).map(Value::Number).ok_or_else(|| NoJson { expected: "a finite number", got: shown() })
     } else if let Ok(s) = obj.cast::<PyString>() {
-        s.to_cow().map(|s| Value::String(s.into_owned())).map_err(|_| "a str that is not valid Unicode".to_string())
+        s.to_cow().map(|s| Value::String(s.into_owned())).map_err(|_| NoJson { expected: UNICODE, got: surrogate_in(obj) })
     } else if let Ok(list) = obj.cast::<PyList>() {
         list.iter().map(|item| to_value(&item)).collect::<Result<Vec<_>, _>>().map(Value::Array)
     } else if let Ok(tuple) = obj.cast::<PyTuple>() {
@@ -157,15 +200,15 @@ fn to_value(obj: &Bound<'_, PyAny>) -> Result<Value, String> {
     } else if let Ok(dict) = obj.cast::<PyDict>() {
         let mut map = Map::new();
         for (key, value) in dict.iter() {
-            let Ok(key) = key.cast::<PyString>() else {
-                return Err(format!("a dict with a key of type {}", type_name(&key)));
+            let Ok(key_str) = key.cast::<PyString>() else {
+                return Err(format!("a dict with a key of type {}", type_name(&key)).into());
             };
-            let key = key.to_cow().map_err(|_| "a key that is not valid Unicode".to_string())?;
+            let key = key_str.to_cow().map_err(|_| NoJson { expected: UNICODE_KEYS, got: surrogate_in(&key) })?;
             map.insert(key.into_owned(), to_value(&value)?);
         }
         Ok(Value::Object(map))
     } else {
-        Err(describe_py(obj))
+        Err(describe_py(obj).into())
     }
 }
 

@@ -70,7 +70,8 @@ pub fn to_py(py: Python<'_>, error: Error) -> PyErr {
     }
 }
 
-fn engine_error(py: Python<'_>, message: String, results: &[chainlink::StageResult], stage: Option<usize>) -> PyErr {
+/// `EngineError` with `message`, the stages that finished, and the stage the engine failed on.
+pub fn engine_error(py: Python<'_>, message: String, results: &[chainlink::StageResult], stage: Option<usize>) -> PyErr {
     let kwargs = PyDict::new(py);
     let filled = results_to_py(py, results)
         .and_then(|list| kwargs.set_item("results", list))

@@ -13,20 +13,25 @@
 //! - `Chain.start(environ, on_done)` returns a `RunHandle` at once; `on_done(ok, value)` is called
 //!   once from a runtime thread with the results (or the exception). `chainlink.Chainlink`
 //!   builds `run_async` on it.
+//! - `gc(workdir, cleanup_images)` sweeps what runs of dead processes left (GIL released).
+//! - Every run in flight is registered by its cancellation token: `cancel_runs()` stops them
+//!   all and `wait_runs(timeout)` waits (GIL released) until their cleanup is over, for the
+//!   SIGTERM handler of `chainlink/__init__.py`.
 
 mod convert;
 mod errors;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use chainlink::{CancellationToken, ChainOptions, Error, RunControl, StageResult};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 use tokio::runtime::Runtime;
 
 /// How long `run()` and the constructor wait, GIL released, between looks at pending signals.
@@ -55,6 +60,52 @@ fn runtime() -> PyResult<&'static Runtime> {
     let runtime: &'static Runtime = Box::leak(Box::new(built));
     *slot = Some((pid, runtime));
     Ok(runtime)
+}
+
+/// The runs in flight in this process, by their cancellation tokens. Like the runtime, it
+/// belongs to the process that made it: a forked child starts with none (the parent's runs are
+/// not its own and will never end in it).
+struct InFlight {
+    pid: u32,
+    next: u64,
+    runs: HashMap<u64, CancellationToken>,
+}
+
+static IN_FLIGHT: Mutex<Option<InFlight>> = Mutex::new(None);
+/// Notified each time a run leaves `IN_FLIGHT`.
+static RUN_ENDED: Condvar = Condvar::new();
+
+fn in_flight() -> MutexGuard<'static, Option<InFlight>> {
+    let mut slot = IN_FLIGHT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let pid = std::process::id();
+    if slot.as_ref().is_none_or(|registry| registry.pid != pid) {
+        *slot = Some(InFlight { pid, next: 0, runs: HashMap::new() });
+    }
+    slot
+}
+
+/// A run's place in `IN_FLIGHT`, given up (on every path, a panic included) when the run's task
+/// drops it, after the run has returned and so after its cleanup.
+struct Registered(u64);
+
+impl Registered {
+    fn new(cancel: &CancellationToken) -> Registered {
+        let mut slot = in_flight();
+        let registry = slot.as_mut().expect("made by in_flight");
+        let id = registry.next;
+        registry.next += 1;
+        registry.runs.insert(id, cancel.clone());
+        Registered(id)
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Some(registry) = in_flight().as_mut() {
+            registry.runs.remove(&self.0);
+        }
+        RUN_ENDED.notify_all();
+    }
 }
 
 /// Waits for `rx` with the GIL released, in slices, handling signals between slices. When a
@@ -131,8 +182,10 @@ impl Chain {
         let chain = self.inner.clone();
         let control = RunControl { cancel: cancel.clone(), events: None };
         let finished = done.clone();
+        let registered = Registered::new(&cancel);
         runtime()?.spawn(async move {
             let ended = chain.run_with(&environ, control).await;
+            drop(registered);
             finished.store(true, Ordering::Release);
             // Building Python objects needs the GIL, which may take a while to get: not on a
             // worker thread.
@@ -178,17 +231,30 @@ impl Chain {
     ) -> PyResult<mpsc::Receiver<Result<Vec<StageResult>, Error>>> {
         let (tx, rx) = mpsc::channel();
         let chain = self.inner.clone();
+        let registered = Registered::new(&cancel);
         let control = RunControl { cancel, events: None };
         runtime()?.spawn(async move {
-            let _ = tx.send(chain.run_with(&environ, control).await);
+            let ended = chain.run_with(&environ, control).await;
+            drop(registered);
+            let _ = tx.send(ended);
         });
         Ok(rx)
     }
 }
 
+/// The run's results, or its exception. A run whose only trouble was cleanup (an immutable
+/// file left in `/job`) returns its complete results with a `CleanupWarning`: the stages ran,
+/// and what is left is the sweep's to remove.
 fn finish<'py>(py: Python<'py>, ended: Result<Vec<StageResult>, Error>) -> PyResult<Bound<'py, PyAny>> {
     match ended {
         Ok(results) => Ok(convert::results_to_py(py, &results)?.into_any()),
+        Err(Error::Cleanup { results, source }) => {
+            let category = py.import("chainlink._errors")?.getattr("CleanupWarning")?;
+            let message = format!("the run's results are complete, but {source}").replace('\0', "\\0");
+            let message = std::ffi::CString::new(message).unwrap_or_default();
+            PyErr::warn(py, &category, &message, 1)?;
+            Ok(convert::results_to_py(py, &results)?.into_any())
+        }
         Err(error) => Err(errors::to_py(py, error)),
     }
 }
@@ -215,10 +281,87 @@ impl RunHandle {
     }
 }
 
+/// Removes what runs of dead processes left: their containers (on this host) and their run
+/// directories under `workdir`. Returns `{"containers": [ids], "directories": [paths],
+/// "failures": ["what: why"]}`. Blocks with the GIL released; on Ctrl-C the sweep is finished
+/// (it is short and must not stop half-way through a removal) before `KeyboardInterrupt`.
+#[pyfunction]
+#[pyo3(signature = (workdir, cleanup_images = Vec::new()))]
+fn gc<'py>(py: Python<'py>, workdir: PathBuf, cleanup_images: Vec<String>) -> PyResult<Bound<'py, PyDict>> {
+    let workdir = std::path::absolute(&workdir).unwrap_or(workdir);
+    let why = match std::fs::metadata(&workdir) {
+        Ok(meta) if meta.is_dir() => None,
+        Ok(_) => Some("a file".to_string()),
+        Err(e) => Some(e.to_string()),
+    };
+    if let Some(why) = why {
+        let problem = chainlink::Problem::new(None, Some("workdir"), "an existing directory", why);
+        return Err(errors::invalid(py, vec![problem]));
+    }
+    let (tx, rx) = mpsc::channel();
+    runtime()?.spawn(async move {
+        let swept = match chainlink::DockerEngine::connect().await {
+            Ok(engine) => chainlink::sweep_dead_runs(&engine, &workdir, &cleanup_images).await.map_err(Ok),
+            Err(e) => Err(Err(Error::EngineUnavailable(e))),
+        };
+        let _ = tx.send(swept);
+    });
+    let report = match wait_interruptibly(py, rx, || ())? {
+        Ok(report) => report,
+        Err(Err(error)) => return Err(errors::to_py(py, error)),
+        Err(Ok(cleanup)) => {
+            return Err(errors::engine_error(py, format!("failed to sweep what dead runs left: {cleanup}"), &[], None))
+        }
+    };
+    let dict = PyDict::new(py);
+    dict.set_item("containers", report.containers)?;
+    let directories: Vec<String> = report.directories.iter().map(|d| d.to_string_lossy().into_owned()).collect();
+    dict.set_item("directories", directories)?;
+    let failures: Vec<String> = report.failures.iter().map(ToString::to_string).collect();
+    dict.set_item("failures", failures)?;
+    Ok(dict)
+}
+
+/// Cancels every run in flight in this process (their containers are killed and everything
+/// they hold removed, as for `RunHandle.cancel`); returns how many there were.
+#[pyfunction]
+fn cancel_runs() -> usize {
+    let slot = in_flight();
+    let runs = &slot.as_ref().expect("made by in_flight").runs;
+    for cancel in runs.values() {
+        cancel.cancel();
+    }
+    runs.len()
+}
+
+/// Waits, GIL released, until no run is in flight in this process (each has returned, its
+/// cleanup done) or `timeout` seconds have passed; whether none is left.
+#[pyfunction]
+fn wait_runs(py: Python<'_>, timeout: f64) -> bool {
+    let timeout = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::ZERO);
+    py.detach(move || {
+        let deadline = Instant::now() + timeout;
+        let mut slot = in_flight();
+        loop {
+            if slot.as_ref().is_none_or(|registry| registry.runs.is_empty()) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            slot = RUN_ENDED.wait_timeout(slot, left).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
+        }
+    })
+}
+
 /// The native half of chainlink: chains as tokio tasks on a runtime shared by the process.
 #[pymodule]
 fn _chainlink(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Chain>()?;
     m.add_class::<RunHandle>()?;
+    m.add_function(wrap_pyfunction!(gc, m)?)?;
+    m.add_function(wrap_pyfunction!(cancel_runs, m)?)?;
+    m.add_function(wrap_pyfunction!(wait_runs, m)?)?;
     Ok(())
 }

@@ -37,7 +37,7 @@ pub mod tree;
 pub mod units;
 pub mod workspace;
 
-pub use cleanup::{sweep_dead_runs, SweepReport};
+pub use cleanup::{sweep_dead_runs, SweepFailure, SweepReport};
 pub use engine::{CredentialSource, DockerEngine, Engine, EngineError, EngineErrorKind, ImageRef, StreamKind};
 pub use error::{Error, ImageFailure};
 pub use events::{Event, EventSink, ImageSource};

@@ -20,6 +20,10 @@ pub enum Outcome {
     /// The stage wrote more than its `disk_limit` into `/job` and its writable layer and was
     /// killed.
     DiskLimit,
+    /// The stage's program could not be started (not found: 127; not executable, or a user or
+    /// group the image does not have: 126, as a shell reports them); the engine's reason is
+    /// the last line of its stderr.
+    StartFailed(i64),
     /// The stage did not run because an earlier stage failed.
     Skipped,
 }
@@ -67,11 +71,20 @@ pub(crate) struct OutputBuffer {
     kept: Vec<u8>,
     limit: u64,
     dropped: u64,
+    /// Marker lines of ours to end the stream with, after any truncation marker.
+    marks: Vec<String>,
 }
 
 impl OutputBuffer {
     pub(crate) fn new(limit: u64) -> Self {
-        OutputBuffer { kept: Vec::new(), limit, dropped: 0 }
+        OutputBuffer { kept: Vec::new(), limit, dropped: 0, marks: Vec::new() }
+    }
+
+    /// Ends the stream with the line `<timestamp> [chainlink] <message>`, whether or not the
+    /// stream was truncated; the stamp is taken when the stream is finished, so marker lines
+    /// stay in time order.
+    pub(crate) fn mark(&mut self, message: String) {
+        self.marks.push(message);
     }
 
     /// Whether the limit has been reached: a chunk was dropped, and every later one will be.
@@ -100,6 +113,13 @@ impl OutputBuffer {
                 self.limit
             );
             self.kept.extend_from_slice(marker.as_bytes());
+        }
+        for message in &self.marks {
+            // A stage may end without a final newline; the marker still starts a line.
+            if self.kept.last().is_some_and(|&b| b != b'\n') {
+                self.kept.push(b'\n');
+            }
+            self.kept.extend_from_slice(format!("{} [chainlink] {message}\n", rfc3339_now()).as_bytes());
         }
         Output { bytes: self.kept, dropped: self.dropped }
     }
@@ -262,5 +282,28 @@ mod tests {
         let mut small = OutputBuffer::new(10);
         small.push(b"abc\n");
         assert_eq!(small.finish(), Output { bytes: b"abc\n".to_vec(), dropped: 0 });
+    }
+
+    #[test]
+    fn marks_end_the_stream_on_lines_of_their_own_after_the_truncation_marker() {
+        let mut buffer = OutputBuffer::new(4);
+        buffer.push(b"ab\n");
+        buffer.push(b"toolong\n");
+        buffer.mark("disk_limit exceeded".into());
+        let output = buffer.finish();
+        assert_eq!(output.dropped, 8);
+        let text = String::from_utf8(output.bytes).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text:?}");
+        assert_eq!(lines[0], "ab");
+        assert!(lines[1].contains("[chainlink] output truncated"), "{text:?}");
+        let (stamp, message) = lines[2].split_once(' ').unwrap();
+        assert!(log_stamp(lines[2].as_bytes()).is_some(), "{stamp}");
+        assert_eq!(message, "[chainlink] disk_limit exceeded");
+        let mut untruncated = OutputBuffer::new(100);
+        untruncated.push(b"no newline");
+        untruncated.mark("m".into());
+        let text = String::from_utf8(untruncated.finish().bytes).unwrap();
+        assert!(text.starts_with("no newline\n") && text.ends_with(" [chainlink] m\n"), "{text:?}");
     }
 }

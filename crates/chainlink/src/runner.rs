@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +21,20 @@ use crate::workspace::{check_workdir, Workspace};
 
 /// How long a killed container may take to be reported stopped before we call the engine stuck.
 const KILL_GRACE: Duration = Duration::from_secs(30);
+
+/// How long a stage's container may legitimately outlive its timeout: waiting for its start,
+/// the kill grace, reading the rest of its output, measuring `/job` once more, inspecting its
+/// state. Deadline labels add it to every timeout, so that a sweep that cannot see a run's lock
+/// never removes a container its live runner still uses; generous, since it only delays the
+/// sweep of what a runner on another machine left.
+pub(crate) const STAGE_SLACK: Duration = Duration::from_secs(300);
+
+/// How often a running stage's disk use is measured against its `disk_limit`. A stage must be
+/// killed within 5 s of passing its limit: one interval, one measurement (walks of `/job` and
+/// of the writable layer, a few milliseconds on small trees) and the kill fit well inside that;
+/// a shorter interval would repeat the walks (or, without access to the layer's directory, the
+/// engine's far costlier diff of the container's filesystem) more often for little gain.
+const DISK_POLL: Duration = Duration::from_secs(1);
 
 /// Lines read again from the end of a stage's log once it stopped, to catch a last partial
 /// line that the follow stream ended before.
@@ -103,7 +117,7 @@ impl Chain {
     pub async fn with_engine(stages: Vec<Stage>, mut options: ChainOptions, engine: SharedEngine) -> Result<Chain, Error> {
         options.workdir = std::path::absolute(&options.workdir).unwrap_or(options.workdir);
         check_input(&stages, &options)?;
-        check_cpusets(&stages, &*engine).await?;
+        check_against_engine(&stages, &*engine).await?;
         let chain = Chain { stages: stages.into(), options, engine };
         chain.prepare_images().await?;
         Ok(chain)
@@ -170,18 +184,16 @@ impl Chain {
         environ: &BTreeMap<String, String>,
         control: RunControl,
     ) -> Result<Vec<StageResult>, Error> {
-        let environ_problems: Vec<Problem> = environ
-            .keys()
-            .filter(|k| k.is_empty() || k.contains('='))
-            .map(|k| Problem::new(None, Some("environ"), "variable names that are not empty and hold no '='", format!("{k:?}")))
-            .collect();
+        // Before anything is created: the engine's errors for these come late and name nothing.
+        let environ_problems = crate::spec::environ_problems(environ, &self.stages);
         if !environ_problems.is_empty() {
             return Err(Error::Invalid(Problems(environ_problems)));
         }
         let run = RunId::new();
-        let workspace = Workspace::create(&self.options.workdir, &run)
+        let longest: Duration = self.stages.iter().map(|s| s.timeout + STAGE_SLACK).sum();
+        let workspace = Workspace::create(&self.options.workdir, &run, SystemTime::now() + longest + STAGE_SLACK)
             .map_err(|source| Error::Workspace { path: self.options.workdir.clone(), source })?;
-        let guard = RunGuard::new(self.engine.clone(), run.clone(), workspace.path().to_path_buf(), self.images());
+        let guard = RunGuard::new(self.engine.clone(), run.clone(), &workspace, self.images());
         let sink = control.events.or_else(|| self.options.events.clone());
         let mut results = Vec::with_capacity(self.stages.len());
         let ended = tokio::select! {
@@ -228,19 +240,32 @@ impl Chain {
             }
             let id = match created_next.take() {
                 Some(created) => created,
-                None => self.create(run, workspace, guard, environ, index).await,
+                None => self.create(run, workspace, guard, environ, index, SystemTime::now()).await,
             }
             .map_err(|e| (index, e))?;
             emit(sink, || Event::StageStarted { index, total, image: stage.image.clone() });
+            let job_baseline = job_baseline(workspace, stage).await.map_err(|e| (index, e))?;
             let started = Instant::now();
-            self.engine.start(&id).await.map_err(|e| (index, e))?;
+            if let Err(refused) = self.engine.start(&id).await {
+                if refused.kind != EngineErrorKind::CannotStart {
+                    return Err((index, refused));
+                }
+                let result = self.start_failed(sink, index, stage, &id, refused, started).await.map_err(|e| (index, e))?;
+                guard.release_in_background(&id);
+                failed = true;
+                results.push(result);
+                continue;
+            }
+            // The next container starts once this stage has ended: at the latest its timeout
+            // and slack from now.
+            let next_starts_by = SystemTime::now() + stage.timeout + STAGE_SLACK;
             let create_next = async {
                 match index + 1 < total {
-                    true => Some(self.create(run, workspace, guard, environ, index + 1).await),
+                    true => Some(self.create(run, workspace, guard, environ, index + 1, next_starts_by).await),
                     false => None,
                 }
             };
-            let (result, next) = tokio::join!(self.finish(sink, index, stage, &id, started), create_next);
+            let (result, next) = tokio::join!(self.finish(sink, index, stage, &id, started, workspace, job_baseline), create_next);
             let result = result.map_err(|e| (index, e))?;
             guard.release_in_background(&id);
             failed = !result.success();
@@ -256,7 +281,8 @@ impl Chain {
         Ok(())
     }
 
-    /// Creates the container of stage `index`, named after the run and the stage.
+    /// Creates the container of stage `index`, named after the run and the stage, to be started
+    /// by `starts_by` at the latest (for its deadline label).
     async fn create(
         &self,
         run: &RunId,
@@ -264,6 +290,7 @@ impl Chain {
         guard: &RunGuard,
         environ: &BTreeMap<String, String>,
         index: usize,
+        starts_by: SystemTime,
     ) -> Result<String, EngineError> {
         let stage = &self.stages[index];
         let mut env = environ.clone();
@@ -273,15 +300,52 @@ impl Chain {
             stage,
             env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
             job: workspace.mount(),
-            labels: container_labels(run, Some(index)),
+            labels: container_labels(run, Some(index), workspace.root(), starts_by + stage.timeout + STAGE_SLACK),
             user_override: None,
             entrypoint_override: None,
         };
         guard.create(&spec).await
     }
 
-    /// Drives a started stage to its end: waits up to the timeout (then kills), collects its
-    /// output as it comes, and inspects its final state.
+    /// The result of a stage whose program the engine could not start: a failed stage, with
+    /// the engine's reason as a timestamped line of its stderr, and the exit code a shell would
+    /// give (127 not found, 126 cannot execute), which the engine sets in the `State` too.
+    async fn start_failed(
+        &self,
+        sink: &Option<EventSink>,
+        index: usize,
+        stage: &Stage,
+        id: &str,
+        refused: EngineError,
+        started: Instant,
+    ) -> Result<StageResult, EngineError> {
+        let mut state = self.engine.inspect_state(id).await?;
+        let code = match state.exit_code() {
+            Some(code @ (126 | 127)) => code,
+            _ => 126,
+        };
+        state.raw.insert("ExitCode".to_string(), code.into());
+        let mut stderr = OutputBuffer::new(stage.output_limit);
+        stderr.mark(format!("the stage could not start: {}", refused.message));
+        let duration = started.elapsed();
+        let outcome = Outcome::StartFailed(code);
+        emit(sink, || Event::StageFinished { index, total: self.stages.len(), outcome, duration });
+        Ok(StageResult {
+            index,
+            image: stage.image.clone(),
+            outcome,
+            state: Some(state.raw),
+            stdout: stage.logs.then(Default::default),
+            stderr: stage.logs.then(|| stderr.finish()),
+            duration,
+        })
+    }
+
+    /// Drives a started stage to its end: waits up to the timeout and watches its disk use
+    /// against `disk_limit` (killing it when either is passed), collects its output as it
+    /// comes, and inspects its final state. `job_baseline` is `/job`'s usage before the start
+    /// (`None`: no disk limit).
+    #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
         sink: &Option<EventSink>,
@@ -289,6 +353,8 @@ impl Chain {
         stage: &Stage,
         id: &str,
         started: Instant,
+        workspace: &Workspace,
+        job_baseline: Option<u64>,
     ) -> Result<StageResult, EngineError> {
         let engine = &*self.engine;
         let total = self.stages.len();
@@ -323,22 +389,52 @@ impl Chain {
                 first = false;
             }
         };
-        let wait = async {
-            match tokio::time::timeout(stage.timeout.saturating_sub(started.elapsed()), engine.wait(id)).await {
-                Ok(code) => Ok((code?, false)),
-                Err(_) => {
-                    engine.kill(id).await?;
-                    let code = tokio::time::timeout(KILL_GRACE, engine.wait(id)).await.map_err(|_| {
-                        EngineError::new(crate::engine::EngineErrorKind::Timeout, "the killed container did not stop")
-                    })??;
-                    Ok((code, true))
-                }
+        let limits = stage.disk_limit.zip(job_baseline);
+        let watch = async {
+            match limits {
+                Some((limit, baseline)) => watch_disk(engine, workspace, id, baseline, limit).await,
+                None => std::future::pending().await,
             }
         };
-        let (waited, collected) = tokio::join!(wait, collect);
-        let (exit_code, killed) = waited?;
+        let wait = async {
+            let remaining = stage.timeout.saturating_sub(started.elapsed());
+            // Whichever of the timeout and the disk limit fires first decides; when both are
+            // ready in one poll, the timeout (listed first) wins.
+            let stop = tokio::select! {
+                biased;
+                waited = tokio::time::timeout(remaining, engine.wait(id)) => match waited {
+                    Ok(code) => return Ok((code?, None)),
+                    Err(_) => Stop::Timeout,
+                },
+                written = watch => Stop::DiskLimit(written?),
+            };
+            engine.kill(id).await?;
+            let code = tokio::time::timeout(KILL_GRACE, engine.wait(id)).await.map_err(|_| {
+                EngineError::new(crate::engine::EngineErrorKind::Timeout, "the killed container did not stop")
+            })??;
+            Ok((code, Some(stop)))
+        };
+        // The wait decides: when it fails (the engine went away, a killed container that never
+        // stops), the output collection is dropped with it rather than followed for ever.
+        let (waited, collected) = {
+            tokio::pin!(wait, collect);
+            let mut collected = None;
+            let waited = loop {
+                tokio::select! {
+                    waited = &mut wait => break waited,
+                    done = &mut collect, if collected.is_none() => collected = Some(done),
+                }
+            };
+            if waited.is_ok() && collected.is_none() {
+                // The container has stopped: its log follow ends soon; an engine that never
+                // ends it must not hold the run (what is missing is read below from the tail).
+                collected = tokio::time::timeout(KILL_GRACE, &mut collect).await.ok();
+            }
+            (waited, collected)
+        };
+        let (exit_code, mut stop) = waited?;
         let duration = started.elapsed();
-        collected?;
+        collected.transpose()?;
         // A follow stream may end when the container stops, before the engine has written the
         // last partial line (output without a final newline). Once the wait has returned the
         // log is complete: read again from the last second seen and keep only what is newer.
@@ -353,9 +449,43 @@ impl Chain {
                 }
             }
         }
+        // A stage that wrote past its limit and exited before the next measurement is caught
+        // here: what it left in /job stays for later stages. Its writable layer is not measured
+        // again: it goes with the container, and measuring it would be on every stage's path.
+        let (state, job_after) = tokio::join!(engine.inspect_state(id), async {
+            match limits {
+                Some((_, baseline)) if stop.is_none() => Some(job_growth(workspace, baseline).await.map(|(growth, _)| growth)),
+                _ => None,
+            }
+        });
+        let state = state?;
+        let mut exited_over = false;
+        if let (Some((limit, _)), Some(growth)) = (limits, job_after) {
+            let growth = growth?;
+            if growth > limit {
+                stop = Some(Stop::DiskLimit(Some(growth)));
+                exited_over = true;
+            }
+        }
+        if let (Some(Stop::DiskLimit(None)), Some(limit)) = (stop, stage.disk_limit) {
+            output.stderr.mark(format!(
+                "disk_limit: what the stage wrote into /job could not be measured {UNMEASURABLE_POLLS} times in a row \
+                 (its directories kept moving under the measurement, or were closed to the runner's user), so it \
+                 could not be held to its disk_limit {limit}; killed"
+            ));
+        }
+        if let (Some(Stop::DiskLimit(Some(written))), Some(limit)) = (stop, stage.disk_limit) {
+            let ending = if exited_over { "it had already exited" } else { "killed" };
+            output.stderr.mark(format!(
+                "disk_limit exceeded: the stage wrote at least {written} bytes into /job and its writable layer \
+                 (disk_limit {limit}); {ending}"
+            ));
+        }
         let (stdout, stderr) = (output.stdout.finish(), output.stderr.finish());
-        let state = engine.inspect_state(id).await?;
-        let outcome = Outcome::from_exit(killed, state.exit_code().unwrap_or(exit_code), state.oom_killed());
+        let outcome = match stop {
+            Some(Stop::DiskLimit(_)) => Outcome::DiskLimit,
+            stop => Outcome::from_exit(stop.is_some(), state.exit_code().unwrap_or(exit_code), state.oom_killed()),
+        };
         emit(sink, || Event::StageFinished { index, total, outcome, duration });
         Ok(StageResult {
             index,
@@ -368,6 +498,74 @@ impl Chain {
         })
     }
 }
+
+/// Why the runner stopped a stage before it ended by itself.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    Timeout,
+    /// With the bytes it had written when measured; `None` when what it wrote could not be
+    /// measured (it kept moving its directories under the walk).
+    DiskLimit(Option<u64>),
+}
+
+/// `/job`'s usage before a stage with a disk limit starts; `None` without a limit (nothing is
+/// measured then).
+async fn job_baseline(workspace: &Workspace, stage: &Stage) -> Result<Option<u64>, EngineError> {
+    match stage.disk_limit {
+        Some(_) => workspace.disk_usage().await.map(|usage| Some(usage.bytes)).map_err(job_error),
+        None => Ok(None),
+    }
+}
+
+/// How much `/job` grew since `baseline`; what a stage deletes of earlier stages' files is not
+/// credited beyond zero.
+/// Also whether the measurement saw everything (`false`: some directories were closed to the
+/// runner's user, which happens only when the runner is not root).
+async fn job_growth(workspace: &Workspace, baseline: u64) -> Result<(u64, bool), EngineError> {
+    let usage = workspace.disk_usage().await.map_err(job_error)?;
+    Ok((usage.bytes.saturating_sub(baseline), usage.skipped == 0))
+}
+
+fn job_error(e: std::io::Error) -> EngineError {
+    EngineError::new(EngineErrorKind::Other, format!("failed to measure the disk usage of /job: {e}"))
+}
+
+/// Measures a running stage's writes every [`DISK_POLL`] (`/job`'s growth and its writable
+/// layer, at the same time) and returns the total once it is above `limit`. Never returns
+/// while the stage stays under it.
+async fn watch_disk(
+    engine: &dyn Engine,
+    workspace: &Workspace,
+    id: &str,
+    baseline: u64,
+    limit: u64,
+) -> Result<Option<u64>, EngineError> {
+    let mut failed_in_a_row = 0;
+    loop {
+        tokio::time::sleep(DISK_POLL).await;
+        let (job, layer) = tokio::join!(job_growth(workspace, baseline), engine.writable_layer_size(id));
+        // A walk of /job fails only when the stage keeps moving directories under it. That is
+        // the stage's doing, never the engine's: it must not become a run error, nor a way
+        // past the limit, so after a few failures in a row the stage is stopped as over it.
+        // So is a directory closed to a runner that is not root: what is inside cannot be
+        // measured, so it cannot be let through either.
+        let Ok((job, true)) = job else {
+            failed_in_a_row += 1;
+            if failed_in_a_row >= UNMEASURABLE_POLLS {
+                return Ok(None);
+            }
+            continue;
+        };
+        failed_in_a_row = 0;
+        let written = job.saturating_add(layer?.unwrap_or(0));
+        if written > limit {
+            return Ok(Some(written));
+        }
+    }
+}
+
+/// Failed measurements of `/job` in a row after which a stage is stopped as over its limit.
+const UNMEASURABLE_POLLS: u32 = 3;
 
 /// A stage's two output streams as they arrive, each bounded, each chunk also sent as an event.
 struct Collector<'a> {
@@ -438,23 +636,14 @@ fn check_input(stages: &[Stage], options: &ChainOptions) -> Result<(), Problems>
     }
 }
 
-/// CPU sets must name CPUs the engine's host has; checked before any container starts.
-async fn check_cpusets(stages: &[Stage], engine: &dyn Engine) -> Result<(), Error> {
-    if stages.iter().all(|s| s.cpuset_cpus.is_none()) {
+/// The checks only the engine's host can answer (CPUs, memory, runtimes: see
+/// [`crate::spec::ENGINE_CHECKS`]), every problem at once, before anything is created.
+async fn check_against_engine(stages: &[Stage], engine: &dyn Engine) -> Result<(), Error> {
+    if !stages.iter().any(Stage::needs_engine_check) {
         return Ok(());
     }
-    let cpus = engine.cpu_count().await.map_err(|source| Error::Engine { action: "read the engine's CPU count", source })?;
-    let problems: Vec<Problem> = stages
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| {
-            let set = s.cpuset_cpus.as_ref()?;
-            (set.highest() >= cpus).then(|| {
-                let expected = format!("CPUs the engine has (0-{})", cpus.saturating_sub(1));
-                Problem::new(Some(i), Some("cpuset_cpus"), &expected, format!("{set:?}", set = set.as_str()))
-            })
-        })
-        .collect();
+    let info = engine.info().await.map_err(|source| Error::Engine { action: "read the engine's CPUs, memory and runtimes", source })?;
+    let problems: Vec<Problem> = stages.iter().enumerate().flat_map(|(i, s)| s.check_engine(i, &info)).collect();
     if problems.is_empty() {
         Ok(())
     } else {

@@ -13,6 +13,9 @@ pub struct MemorySize(pub u64);
 impl MemorySize {
     /// The smallest memory limit the Docker engine accepts for a container.
     pub const ENGINE_MINIMUM: MemorySize = MemorySize(6 * 1024 * 1024);
+    /// One past the largest limit the engine takes: it holds limits as signed 64-bit numbers,
+    /// and a larger one silently became no limit at all.
+    pub const ENGINE_CEILING: MemorySize = MemorySize(1 << 63);
 
     pub fn bytes(self) -> u64 {
         self.0
@@ -50,7 +53,7 @@ impl MemorySize {
 
 impl fmt::Display for MemorySize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(u32, &str); 4] = [(40, "t"), (30, "g"), (20, "m"), (10, "k")];
+        const UNITS: [(u32, &str); 5] = [(50, "p"), (40, "t"), (30, "g"), (20, "m"), (10, "k")];
         for (shift, suffix) in UNITS {
             let unit = 1u64 << shift;
             if self.0 >= unit && self.0 % unit == 0 {
@@ -142,6 +145,8 @@ mod tests {
         assert_eq!(MemorySize(2 << 30).to_string(), "2g");
         assert_eq!(MemorySize(6 << 20).to_string(), "6m");
         assert_eq!(MemorySize(1000).to_string(), "1000");
+        assert_eq!(MemorySize::ENGINE_CEILING.to_string(), "8192p");
+        assert_eq!(MemorySize::parse("16000p").unwrap().to_string(), "16000p");
     }
 
     #[test]

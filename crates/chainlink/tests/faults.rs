@@ -230,7 +230,7 @@ async fn a_runner_killed_mid_stage_leaves_what_the_sweep_removes_and_live_runs_a
     let (dead_container, _) = child_container().expect("the killed runner's container is left");
     assert!(running(&dead_container), "the container outlives its runner");
     let child_run_prefix = format!("chainlink-run-{}-", child_owner.trim_matches('/'));
-    let dead_dirs: Vec<PathBuf> = std::fs::read_dir(dir.path())
+    let dead_dirs: Vec<PathBuf> = std::fs::read_dir(chainlink::workspace::private_dir(dir.path()))
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(&child_run_prefix))

@@ -19,7 +19,7 @@ use futures_util::stream::{BoxStream, StreamExt};
 use super::credentials::{CredentialSource, RegistryCredentials, Secret};
 use super::reference::ImageRef;
 use super::{
-    ContainerSpec, ContainerState, Engine, EngineError, EngineErrorKind, JobMount, LabelledContainer,
+    ContainerSpec, ContainerState, Engine, EngineError, EngineErrorKind, EngineInfo, JobMount, LabelledContainer,
     LogChunk, LogsRequest, PullProgress, SharedEngine, StreamKind,
 };
 
@@ -92,6 +92,32 @@ impl DockerEngine {
         Docker::connect_with_host(endpoint)
             .map(|client| client.with_request_modifier(url_safe_registry_auth))
             .map_err(|e| unavailable(endpoint, e))
+    }
+
+    async fn remove_once(&self, id: &str) -> Result<(), EngineError> {
+        let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+        match self.client.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) => match map_error(e) {
+                e if e.is_not_found() => Ok(()),
+                // Already being removed by another layer of cleanup.
+                EngineError { kind: EngineErrorKind::Refused, message, .. } if message.contains("already in progress") => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+
+    /// Removes everything in a stopped container's writable layer, where it is a directory on
+    /// this host we may write; whether it could.
+    async fn empty_writable_layer(&self, id: &str) -> bool {
+        let Ok(inspected) = self.client.inspect_container(id, None).await else { return false };
+        let Some(upper) = inspected.graph_driver.and_then(|mut g| g.data.remove("UpperDir")) else { return false };
+        tokio::task::spawn_blocking(move || {
+            let Ok(entries) = std::fs::read_dir(&upper) else { return false };
+            entries.flatten().all(|entry| crate::tree::remove_tree(&entry.path()).is_complete())
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// The engine's API version agreed at connection (`1.41`).
@@ -226,6 +252,23 @@ fn unavailable(endpoint: &str, error: BollardError) -> EngineError {
     mapped
 }
 
+/// Whether the engine's refusal to start a container is about the stage's program: the runtime
+/// could not exec it (`exec: "/job/a.out": stat /job/a.out: no such file or directory`,
+/// `permission denied`, ...), or the image has no such user or group. Refusals of the
+/// container's configuration (a mount, capabilities, rlimits) are the engine's and stay errors.
+/// The engine says which only in words; these are moby's and runc's since Docker 1.13.
+fn cannot_start(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    let exec_failed = message.contains("exec: \"")
+        && ["no such file or directory", "executable file not found", "permission denied", "not a directory", "exec format error"]
+            .iter()
+            .any(|why| message.contains(why));
+    let no_such_identity = ["unable to find user", "unable to find group", "no matching entries in passwd file", "no matching entries in group file"]
+        .iter()
+        .any(|why| message.contains(why));
+    exec_failed || no_such_identity
+}
+
 fn map_error(error: BollardError) -> EngineError {
     let kind = match &error {
         BollardError::DockerResponseServerError { status_code: 404, .. } => EngineErrorKind::NotFound,
@@ -253,9 +296,14 @@ impl Engine for DockerEngine {
         &self.endpoint
     }
 
-    async fn cpu_count(&self) -> Result<u32, EngineError> {
-        let info = self.client.info().await.map_err(map_error)?;
-        Ok(info.ncpu.and_then(|n| u32::try_from(n).ok()).unwrap_or(1))
+    async fn local_images(&self) -> Result<Vec<String>, EngineError> {
+        let mut images = self.client.list_images(None::<bollard::query_parameters::ListImagesOptions>).await.map_err(map_error)?;
+        images.sort_by_key(|image| std::cmp::Reverse(image.created));
+        Ok(images
+            .into_iter()
+            .flat_map(|image| image.repo_tags)
+            .filter(|tag| tag != "<none>:<none>")
+            .collect())
     }
 
     async fn image_present(&self, image: &str) -> Result<bool, EngineError> {
@@ -334,7 +382,12 @@ impl Engine for DockerEngine {
     }
 
     async fn start(&self, id: &str) -> Result<(), EngineError> {
-        self.client.start_container(id, None).await.map_err(map_error)
+        self.client.start_container(id, None).await.map_err(map_error).map_err(|mut e| {
+            if e.kind == EngineErrorKind::Refused && cannot_start(&e.message) {
+                e.kind = EngineErrorKind::CannotStart;
+            }
+            e
+        })
     }
 
     async fn wait(&self, id: &str) -> Result<i64, EngineError> {
@@ -395,15 +448,20 @@ impl Engine for DockerEngine {
     }
 
     async fn remove(&self, id: &str) -> Result<(), EngineError> {
-        let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-        match self.client.remove_container(id, Some(options)).await {
-            Ok(()) => Ok(()),
-            Err(e) => match map_error(e) {
-                e if e.is_not_found() => Ok(()),
-                // Already being removed by another layer of cleanup.
-                EngineError { kind: EngineErrorKind::Refused, message, .. } if message.contains("already in progress") => Ok(()),
-                e => Err(e),
-            },
+        match self.remove_once(id).await {
+            // The engine removes a container's filesystem with a recursive walk that a tree a
+            // few thousand directories deep, made by the stage in its own root filesystem,
+            // defeats ("too many open files"): the container then stays, half removed, for
+            // good. Where the layer is a directory we may remove (a root runner on the
+            // engine's host), empty it with our own walk and ask again.
+            Err(e) if e.message.contains("failed to remove root filesystem") => {
+                if self.empty_writable_layer(id).await {
+                    self.remove_once(id).await
+                } else {
+                    Err(e)
+                }
+            }
+            other => other,
         }
     }
 
@@ -417,13 +475,53 @@ impl Engine for DockerEngine {
         Ok(found
             .into_iter()
             .filter_map(|c| {
-                Some(LabelledContainer { id: c.id?, labels: c.labels.unwrap_or_default().into_iter().collect() })
+                Some(LabelledContainer { id: c.id?, labels: c.labels.unwrap_or_default().into_iter().collect(), image: c.image })
             })
             .collect())
     }
 
     async fn reconnect(&self) -> Result<SharedEngine, EngineError> {
         Ok(Arc::new(DockerEngine::connect_to(&self.endpoint).await?.with_credentials(self.credentials.clone())))
+    }
+
+    async fn writable_layer_size(&self, id: &str) -> Result<Option<u64>, EngineError> {
+        // Where the layer is a directory on this host that we may read (overlay2,
+        // fuse-overlayfs: `UpperDir`, when the runner is root), a walk of just what the
+        // container wrote takes a millisecond. `size=true` instead makes the engine diff the
+        // container's whole filesystem against its image on every call (1.6 s of the engine's
+        // CPU for an image of 20,000 files on fuse-overlayfs): only the fallback.
+        let inspected = self.client.inspect_container(id, None).await.map_err(map_error)?;
+        // /etc/hosts, /etc/resolv.conf and /etc/hostname are writable files of the engine's
+        // own (bind-mounted from its container directory), outside the layer: a stage could
+        // grow them without end.
+        let engine_files: Vec<String> =
+            [&inspected.hosts_path, &inspected.resolv_conf_path, &inspected.hostname_path].into_iter().flatten().cloned().collect();
+        let files = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::MetadataExt;
+            engine_files.iter().filter_map(|f| std::fs::symlink_metadata(f).ok()).map(|m| m.blocks() * 512).sum::<u64>()
+        })
+        .await
+        .unwrap_or(0);
+        if let Some(upper) = inspected.graph_driver.and_then(|mut g| g.data.remove("UpperDir")) {
+            let upper = std::path::PathBuf::from(upper);
+            if let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || crate::tree::disk_usage(&upper)).await {
+                return Ok(Some(bytes + files));
+            }
+        }
+        let options = bollard::query_parameters::InspectContainerOptions { size: true };
+        let response = self.client.inspect_container(id, Some(options)).await.map_err(map_error)?;
+        Ok(response.size_rw.map(|bytes| bytes.max(0) as u64 + files))
+    }
+
+    async fn info(&self) -> Result<EngineInfo, EngineError> {
+        let info = self.client.info().await.map_err(map_error)?;
+        let mut runtimes: Vec<String> = info.runtimes.unwrap_or_default().into_keys().collect();
+        runtimes.sort();
+        Ok(EngineInfo {
+            cpus: info.ncpu.and_then(|n| u32::try_from(n).ok()).unwrap_or(1),
+            mem_total: info.mem_total.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+            runtimes,
+        })
     }
 }
 
@@ -468,6 +566,25 @@ mod tests {
         let request = url_safe_registry_auth(BollardRequest::new(bollard::body_full(bytes::Bytes::new())));
         assert!(request.headers().get("x-registry-auth").is_none());
         assert_eq!(to_url_safe_base64("abc="), None);
+    }
+
+    #[test]
+    fn start_refusals_about_the_program_or_its_user_are_the_stages() {
+        for stage in [
+            r#"failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: "/job/a.out": stat /job/a.out: no such file or directory: unknown"#,
+            r#"OCI runtime create failed: container_linux.go:380: starting container process caused: exec: "nope": executable file not found in $PATH: unknown"#,
+            r#"failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: "/etc/passwd": permission denied: unknown"#,
+            "unable to find user nosuchuser: no matching entries in passwd file",
+        ] {
+            assert!(cannot_start(stage), "{stage}");
+        }
+        for engine in [
+            r#"failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: error during container init: error mounting "tmpfs" to rootfs at "/etc/passwd": mount tmpfs:/etc/passwd (via /proc/self/fd/6), flags: 0xe: not a directory: unknown"#,
+            "failed to create shim task: OCI runtime create failed: unable to apply caps: operation not permitted",
+            "error setting rlimit type 7: operation not permitted",
+        ] {
+            assert!(!cannot_start(engine), "{engine}");
+        }
     }
 
     #[test]

@@ -115,6 +115,20 @@ pub struct PullProgress {
 pub struct LabelledContainer {
     pub id: String,
     pub labels: BTreeMap<String, String>,
+    /// The image it was created from, as the engine names it.
+    pub image: Option<String>,
+}
+
+/// What the engine's host offers, for the checks of a chain against it (see
+/// [`crate::spec::ENGINE_CHECKS`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineInfo {
+    /// CPUs the engine may use.
+    pub cpus: u32,
+    /// The host's memory in bytes.
+    pub mem_total: u64,
+    /// The OCI runtimes the engine knows by name (`runc`, `runsc`, ...).
+    pub runtimes: Vec<String>,
 }
 
 /// What kind of failure an engine call met; the runner decides on this, never on message text.
@@ -128,6 +142,10 @@ pub enum EngineErrorKind {
     Timeout,
     /// The engine refused the request (bad parameter, conflict, runtime failure).
     Refused,
+    /// The container exists but its program could not be started: not found, not executable,
+    /// or run as a user or group the image does not have. The stage's failure, not the
+    /// engine's.
+    CannotStart,
     /// Anything else (malformed answers and the like).
     Other,
 }
@@ -160,8 +178,9 @@ impl EngineError {
 pub trait Engine: Send + Sync + fmt::Debug + 'static {
     /// Where the engine is (`unix:///var/run/docker.sock`), for messages.
     fn endpoint(&self) -> &str;
-    /// The number of CPUs the engine's host has.
-    async fn cpu_count(&self) -> Result<u32, EngineError>;
+    /// Names (`repo:tag`) of the images the engine holds, newest first: candidates for a
+    /// root cleanup container when nothing better is known.
+    async fn local_images(&self) -> Result<Vec<String>, EngineError>;
     async fn image_present(&self, image: &str) -> Result<bool, EngineError>;
     async fn pull(
         &self,
@@ -184,4 +203,10 @@ pub trait Engine: Send + Sync + fmt::Debug + 'static {
     /// A new connection to the same engine, for cleanup from a thread of its own when the
     /// caller's runtime cannot be used (a dropped future).
     async fn reconnect(&self) -> Result<SharedEngine, EngineError>;
+    /// Bytes the container wrote to its writable layer (its root filesystem outside mounts and
+    /// tmpfs), measured where the engine keeps the layer when we can read it there, else as the
+    /// engine reports them; `None` when neither is possible.
+    async fn writable_layer_size(&self, id: &str) -> Result<Option<u64>, EngineError>;
+    /// The host's CPUs, memory and runtimes, read when a chain is checked against the engine.
+    async fn info(&self) -> Result<EngineInfo, EngineError>;
 }

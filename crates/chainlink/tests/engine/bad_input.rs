@@ -1,5 +1,6 @@
 //! Every row of docs/bad-input.md: a clear error before any container starts.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use chainlink::{parse_stages, Chain, ChainOptions, Error};
@@ -49,8 +50,19 @@ async fn each_row_of_the_bad_input_table_is_refused_with_its_message() {
         (json!({"image": BUSYBOX}), "stages: expected a list of stages, got a mapping"),
         (json!([]), "stages: expected a non-empty list of stages, got []"),
         (json!(["busybox"]), "stages[0]: expected a mapping of stage keys, got \"busybox\""),
-        (ok(json!({"pids_limit": 0})), "stages[0].pids_limit: expected a positive number of processes, or null for no limit, got 0"),
-        (ok(json!({"output_limit": "lots"})), "stages[0].output_limit: expected a number of bytes such as \"16m\" or 1048576, got \"lots\""),
+        (ok(json!({"pids_limit": 0})), "stages[0].pids_limit: expected a number of processes from 1 to 4194304, or null for no limit, got 0"),
+        (ok(json!({"pids_limit": i64::MAX})), "stages[0].pids_limit: expected a number of processes from 1 to 4194304, or null for no limit, got 9223372036854775807"),
+        (ok(json!({"output_limit": "lots"})), "stages[0].output_limit: expected a number of bytes from 1 to 1g, such as \"16m\" or 1048576, got \"lots\""),
+        (ok(json!({"memory": "16000p"})), "stages[0].memory: expected less than 8192p, the engine's largest limit, got 16000p"),
+        (ok(json!({"cpus": 0.001})), "stages[0].cpus: expected a number of CPUs of at least 0.01, such as 0.5 or 2, got 0.001"),
+        (ok(json!({"entrypoint": [""]})), "stages[0].entrypoint: expected a program to run as the first element, got [\"\"]"),
+        (ok(json!({"entrypoint": ["sh", "-c", "a\u{0}b"]})), "stages[0].entrypoint: expected text without NUL bytes, got \"a\\u0000b\""),
+        (ok(json!({"user": "-1"})), "stages[0].user: expected a user such as \"1000\", \"1000:1000\" or \"nobody\""),
+        (ok(json!({"tmpfs": {"/job/": "size=1m"}})), "stages[0].tmpfs: expected absolute, normalised mount paths other than /, and not in /job, /proc, /sys or /dev, got \"/job/\""),
+        (ok(json!({"tmpfs": {"/scratch": "size=lots"}})), "stages[0].tmpfs: expected tmpfs options such as"),
+        (ok(json!({"cap_add": ["NOT_A_CAP"]})), "stages[0].cap_add: expected capability names such as \"NET_ADMIN\" or \"CAP_NET_ADMIN\", or \"ALL\", got \"NOT_A_CAP\""),
+        (ok(json!({"ulimits": {"bogus": 5}})), "stages[0].ulimits: expected limit names the engine knows"),
+        (ok(json!({"ulimits": {"nofile": 99999999999i64}})), "stages[0].ulimits: expected a nofile limit from 0 to 1048576, the kernel's default most, got nofile: 99999999999"),
     ];
     for (input, expected) in rows {
         let message = refusal(input.clone(), dir.path()).await;
@@ -69,9 +81,52 @@ async fn a_bad_workdir_is_refused_with_the_stages_problems() {
         let message = error.to_string();
         assert!(message.contains(&format!("workdir: expected an existing directory this user can write to, {why}")), "{message}");
     }
+    // Paths the engine's bind syntax would mangle, existing ones included: refused before any
+    // directory is made or any container created (the engine used to mount a U+FFFD path of
+    // its own making, and leak it, for the first; refuse the second with its own words).
+    let dir = workdir();
+    for (name, why) in [
+        (std::ffi::OsStr::from_bytes(b"odd\xff"), "(not UTF-8: the engine cannot mount it)"),
+        (std::ffi::OsStr::new("a:b"), "(holds ':', which the engine's mount syntax cannot take)"),
+    ] {
+        let bad = dir.path().join(name);
+        std::fs::create_dir(&bad).unwrap();
+        let error = Chain::new(vec![sh("true")], ChainOptions::default().workdir(&bad)).await.unwrap_err();
+        let message = error.to_string();
+        assert!(matches!(error, chainlink::Error::Invalid(_)), "{message}");
+        assert!(message.contains("workdir: expected an existing directory this user can write to") && message.contains(why), "{message}");
+        assert_eq!(std::fs::read_dir(&bad).unwrap().count(), 0, "something was made in {}", bad.display());
+        std::fs::remove_dir(&bad).unwrap();
+    }
     // Problems of the stages and of the workdir come together.
     let mut bad = sh("true");
     bad.image.clear();
     let message = Chain::new(vec![bad], ChainOptions::default().workdir("/sys")).await.unwrap_err().to_string();
     assert!(message.starts_with("invalid chain: 2 problems in the chain:"), "{message}");
+}
+
+/// What only the engine's host can answer is refused right after connecting, every problem at
+/// once, as invalid input naming the stage and the key, before any container exists.
+#[tokio::test(flavor = "multi_thread")]
+async fn values_beyond_the_engines_host_are_refused_before_any_container() {
+    use chainlink::Engine as _;
+    let dir = workdir();
+    let info = chainlink::DockerEngine::connect().await.expect("engine").info().await.expect("engine info");
+    let runtime = if info.runtimes.iter().any(|r| r == "runsc") { "no-such-runtime" } else { "runsc" };
+    let stages = json!([
+        {"image": BUSYBOX, "entrypoint": ["true"], "cpus": info.cpus + 1},
+        {"image": BUSYBOX, "entrypoint": ["true"], "memory": info.mem_total * 2},
+        {"image": BUSYBOX, "entrypoint": ["true"], "runtime": runtime},
+        {"image": BUSYBOX, "entrypoint": ["true"], "cpus": info.cpus, "memory": "64m", "runtime": info.runtimes[0]},
+    ]);
+    let message = refusal(stages, dir.path()).await;
+    let expected = [
+        format!("stages[0].cpus: expected at most the engine's CPU count ({}), got {}", info.cpus, info.cpus + 1),
+        "stages[1].memory: expected at most the engine's memory (".to_string(),
+        format!("stages[2].runtime: expected a runtime the engine has ({}), got \"{runtime}\"", info.runtimes.join(", ")),
+    ];
+    for line in &expected {
+        assert!(message.contains(line.as_str()), "expected {line:?} in:\n{message}");
+    }
+    assert!(message.starts_with("invalid chain: 3 problems in the chain:"), "{message}");
 }

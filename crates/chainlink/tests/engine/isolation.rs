@@ -69,14 +69,40 @@ async fn cap_drop_and_no_new_privileges_are_applied() {
     assert_eq!(stdout(&results[0]).replace(' ', ""), "NoNewPrivs:1\nchown-denied");
 }
 
+/// What only the image can tell (a user name, whether the program exists and can run) is the
+/// stage's failure, never the engine's: a failed stage with the exit code a shell would give,
+/// the engine's reason in its stderr, and the later stages skipped.
 #[tokio::test(flavor = "multi_thread")]
-async fn an_unknown_runtime_is_an_engine_error_naming_the_stage() {
+async fn a_program_that_cannot_start_is_a_failed_stage() {
     let dir = workdir();
-    let stages = parse_stages(&json!([{"image": BUSYBOX, "runtime": "no-such-runtime", "entrypoint": ["true"]}])).unwrap();
+    for (stage, code, reason) in [
+        (json!({"image": BUSYBOX, "user": "no-such-user", "entrypoint": ["true"]}), 126, "unable to find user no-such-user"),
+        (json!({"image": BUSYBOX, "entrypoint": ["/job/a.out"]}), 127, "no such file or directory"),
+        (json!({"image": BUSYBOX, "entrypoint": ["/etc/passwd"]}), 126, "permission denied"),
+    ] {
+        let stages = parse_stages(&json!([stage, {"image": BUSYBOX, "entrypoint": ["true"]}])).unwrap();
+        let results = run(&chain(stages, dir.path()).await).await;
+        assert_eq!(results.len(), 2);
+        assert_eq!(results[0].outcome, chainlink::Outcome::StartFailed(code), "{}", stderr(&results[0]));
+        assert!(!results[0].success() && !results[0].killed());
+        assert_eq!(results[0].exit_code(), Some(code));
+        let said = stderr(&results[0]);
+        assert!(said.starts_with("[chainlink] the stage could not start: ") && said.contains(reason), "{said}");
+        assert!(results[1].skipped_stage());
+        assert_nothing_left(dir.path());
+    }
+}
+
+/// A configuration the engine refuses at start (here a tmpfs over a file of the image) stays
+/// an engine error naming the stage.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configuration_the_engine_refuses_at_start_is_an_engine_error_naming_the_stage() {
+    let dir = workdir();
+    let stages = parse_stages(&json!([{"image": BUSYBOX, "tmpfs": {"/etc/passwd": ""}, "entrypoint": ["true"]}])).unwrap();
     let error = expect_error(chain(stages, dir.path()).await.run(&Default::default()).await);
     let message = error.to_string();
     assert!(message.starts_with("failed to run stages[0]"), "{message}");
-    assert!(message.contains("no-such-runtime"), "{message}");
+    assert!(message.contains("/etc/passwd"), "{message}");
     assert_nothing_left(dir.path());
 }
 

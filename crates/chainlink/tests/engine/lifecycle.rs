@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 use chainlink::engine::Engine;
 use chainlink::{CancellationToken, DockerEngine, Error, Event, Outcome, RunControl};
 
+use chainlink::workspace::private_dir;
+use std::os::unix::fs::PermissionsExt;
+
 use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -236,16 +239,20 @@ async fn events_tell_the_life_of_each_stage_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sweep_removes_containers_of_dead_owners_only() {
+async fn sweep_removes_runs_whose_lock_is_free_and_never_a_live_one() {
     let dir = workdir();
-    // A container labelled as owned by a process that no longer exists (pid 0 never is).
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
-    let dead_owner = format!("{host}/999999999/1");
-    let run_dir = dir.path().join("chainlink-run-999999999-1-0");
-    std::fs::create_dir(&run_dir).unwrap();
+    // A run directory as a runner makes it, whose runner is gone: its lock is free.
+    let run = "999999999-00000000000000ab";
+    let run_dir = private_dir(dir.path()).join(format!("chainlink-run-{run}"));
+    std::fs::create_dir_all(run_dir.join("job/nested")).unwrap();
+    std::fs::set_permissions(private_dir(dir.path()), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(run_dir.join("lock"), format!("{run}\n{}\n", u64::MAX)).unwrap();
+    // Its container is labelled with a deadline far ahead: the free lock alone proves it over.
     let id = docker(&[
-        "create", "--label", "org.chainlink.managed=true", "--label", &format!("org.chainlink.owner={dead_owner}"),
-        "-v", &format!("{}:/job", run_dir.display()), BUSYBOX, "true",
+        "create", "--label", "org.chainlink.managed=true", "--label", &format!("org.chainlink.run={run}"),
+        "--label", &format!("org.chainlink.run-dir={}", run_dir.display()),
+        "--label", &format!("org.chainlink.deadline={}", u64::MAX / 2),
+        "-v", &format!("{}:/job", run_dir.join("job").display()), BUSYBOX, "true",
     ]);
     let id = id.trim();
     // A live run of this process must survive the sweep.
@@ -259,9 +266,10 @@ async fn sweep_removes_containers_of_dead_owners_only() {
     let report = chainlink::sweep_dead_runs(&engine, dir.path(), &[BUSYBOX.to_string()]).await.unwrap();
     assert!(report.containers.iter().any(|c| c.starts_with(id) || id.starts_with(c.as_str())), "{report:?}");
     assert_eq!(report.directories, [run_dir]);
+    assert!(report.failures.is_empty(), "{report:?}");
     let results = live.await.unwrap().expect("the live run was not disturbed");
     assert!(results[0].success());
-    assert!(engine.list_labelled(&format!("org.chainlink.owner={dead_owner}")).await.unwrap().is_empty());
+    assert!(engine.list_labelled(&format!("org.chainlink.run={run}")).await.unwrap().is_empty());
     assert_nothing_left(dir.path());
 }
 

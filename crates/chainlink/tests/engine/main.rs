@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod common;
+mod disk;
 mod keys;
 mod lifecycle;
 mod isolation;

@@ -51,4 +51,25 @@ async fn cleanup_as_this_user() {
     assert!(results[0].success(), "{}", stderr(&results[0]));
     assert_eq!(stdout(&results[0]), "d---------");
     assert_nothing_left(dir.path());
+
+    // A dead run's directory holding root-owned, mode-000 files, and a sweep given no cleanup
+    // image (a bare `chainlink gc` as this user): it finds one on the engine.
+    let run = "999999998-00000000000000cd";
+    let private = chainlink::workspace::private_dir(dir.path());
+    let run_dir = private.join(format!("chainlink-run-{run}"));
+    std::fs::create_dir_all(run_dir.join("job")).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(run_dir.join("job"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(run_dir.join("lock"), format!("{run}\n0\n")).unwrap();
+    let made = Command::new("docker")
+        .args(["run", "--rm", "--network", "none", "-v", &format!("{}:/job", run_dir.join("job").display()), BUSYBOX])
+        .args(["sh", "-c", "mkdir -p /job/x/y && touch /job/x/y/z && chmod 000 /job/x/y /job/x"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let engine = chainlink::DockerEngine::connect().await.unwrap();
+    let report = chainlink::sweep_dead_runs(&engine, dir.path(), &[]).await.unwrap();
+    assert_eq!(report.directories, [run_dir], "{report:?}");
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert_nothing_left(dir.path());
 }
