@@ -242,3 +242,25 @@ def test_the_sigterm_handler_is_installed_only_from_the_main_thread(workdir):
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "False"], done.stdout
     assert_no_leftovers(workdir)
+
+
+def test_signals_sent_to_the_process_reach_the_main_thread(workdir):
+    """The native threads block the signals a process is sent, so the kernel hands them to the
+    main thread, the only one where Python runs handlers: otherwise a main thread blocked in a
+    lock (a multiprocessing worker told to stop with SIGTERM) might never see one."""
+    chain = Chainlink([stage("true")], workdir=str(workdir))
+    assert chain.run()[0]["success"]
+    native = []
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/comm") as comm:
+            if not comm.read().startswith("chainlink"):
+                continue
+        with open(f"/proc/self/task/{tid}/status") as status:
+            blocked = next(int(line.split()[1], 16) for line in status if line.startswith("SigBlk:"))
+        native.append(blocked)
+    assert native, "no native threads found"
+    for blocked in native:
+        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+            assert blocked & (1 << (number - 1)), (hex(blocked), number)
+        assert not blocked & (1 << (signal.SIGSEGV - 1))
+    assert_no_leftovers(workdir)

@@ -52,6 +52,7 @@ fn runtime() -> PyResult<&'static Runtime> {
     let built = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("chainlink")
+        .on_thread_start(block_asynchronous_signals)
         .enable_all()
         .build()
         .map_err(|e| PyRuntimeError::new_err(format!("failed to start chainlink's runtime: {e}")))?;
@@ -105,6 +106,25 @@ impl Drop for Registered {
             registry.runs.remove(&self.0);
         }
         RUN_ENDED.notify_all();
+    }
+}
+
+/// Python runs signal handlers on its main thread only, woken by the signal interrupting what
+/// that thread waits on. A signal the kernel delivers to one of our threads instead interrupts
+/// nothing: a main thread blocked in a lock (a multiprocessing worker told to stop with
+/// SIGTERM, once a Python-level SIGTERM handler is installed) would wait for ever. So our
+/// threads block every signal a process is sent, and the main thread gets them all.
+/// Signals of faults (SIGSEGV, ...) stay unblocked: they go to the thread that faulted.
+fn block_asynchronous_signals() {
+    // SAFETY: a zeroed sigset_t is a valid argument to sigfillset, which initialises it; the
+    // mask applies to the calling thread only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for fault in [libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL, libc::SIGTRAP, libc::SIGABRT, libc::SIGSYS] {
+            libc::sigdelset(&mut set, fault);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 
