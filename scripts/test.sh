@@ -12,9 +12,9 @@ bash scripts/setup.sh
 ours() {
   docker ps -aq --no-trunc --filter label=org.chainlink.managed
   docker volume ls -q --filter label=org.chainlink.managed
-  # Run directories (in a user's private directory chainlink-<uid>, removed with its last run).
+  # Run directories, in a user's private directory chainlink-<uid> (which stays, empty, between
+  # runs: removing it would give its name away).
   find "${TMPDIR:-/tmp}" -maxdepth 3 \( -name 'chainlink-run-*' -o -name '.chainlink-new-*' \) 2>/dev/null || true
-  find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'chainlink-[0-9]*' 2>/dev/null || true
 }
 before=$(ours | sort)
 

@@ -55,8 +55,13 @@ def containers_of(workdir: Path) -> List[str]:
 
 
 def leftovers(workdir: Path) -> Tuple[List[str], List[str]]:
-    """What runs under ``workdir`` left: (containers, directory entries)."""
-    return containers_of(workdir), sorted(os.listdir(workdir))
+    """What runs under ``workdir`` left: (containers, directory entries). The user's private
+    directory stays between runs; what is in it is left."""
+    private = f"chainlink-{os.geteuid()}"
+    entries = [e for e in os.listdir(workdir) if e != private]
+    if os.path.isdir(os.path.join(workdir, private)):
+        entries += [os.path.join(private, e) for e in os.listdir(os.path.join(workdir, private))]
+    return containers_of(workdir), sorted(entries)
 
 
 def assert_no_leftovers(workdir: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 import chainlink
 from chainlink import EngineUnavailable, InvalidStage
 
-from conftest import IMAGE, containers_of, wait_for
+from conftest import IMAGE, containers_of, leftovers, wait_for
 
 SCRIPT = textwrap.dedent(
     """
@@ -39,7 +39,6 @@ def test_gc_removes_the_container_and_directory_of_a_sigkilled_run(workdir):
         child.communicate(timeout=30)
     assert child.returncode == -signal.SIGKILL
     private = os.path.join(str(workdir), f"chainlink-{os.geteuid()}")
-    assert sorted(os.listdir(workdir)) == [os.path.basename(private)]
     left = sorted(os.listdir(private))
     assert len(left) == 1 and left[0].startswith("chainlink-run-"), left
     run_dir = os.path.join(private, left[0])
@@ -53,7 +52,7 @@ def test_gc_removes_the_container_and_directory_of_a_sigkilled_run(workdir):
     # The container: gc removed it, unless a sweep of a concurrent suite got there first (its
     # owner is dead); either way it is gone.
     assert containers_of(workdir) == []
-    assert os.listdir(workdir) == []
+    assert leftovers(workdir)[1] == []
 
     again = chainlink.gc(str(workdir))
     assert run_dir not in again["directories"] and again["failures"] == [], again

@@ -53,9 +53,15 @@ impl Case {
         chainlink(&all, &[])
     }
 
-    /// What the test's workdir still holds.
+    /// What the test's workdir still holds: anything but the user's private directory (which
+    /// stays between runs), and what that holds.
     fn workdir_entries(&self) -> Vec<String> {
-        entries(&self.workdir())
+        let private = private_dir(&self.workdir());
+        let mut found: Vec<String> = entries(&self.workdir()).into_iter().filter(|e| self.workdir().join(e) != private).collect();
+        if private.exists() {
+            found.extend(entries(&private));
+        }
+        found
     }
 }
 
@@ -245,6 +251,7 @@ fn private_dir(workdir: &Path) -> PathBuf {
 
 /// The run id of the one run directory under `workdir`.
 fn run_id_in(workdir: &Path) -> String {
+    // SAFETY: geteuid has no preconditions.
     assert_eq!(entries(workdir), [format!("chainlink-{}", unsafe { libc::geteuid() })], "only the private directory");
     let names = entries(&private_dir(workdir));
     assert_eq!(names.len(), 1, "expected one run directory, found {names:?}");
@@ -749,7 +756,7 @@ fn gc_and_run_report_what_they_cannot_remove() {
     assert_eq!(ran.code(), Some(0), "{}", ran.show());
     let warning = ran.stderr.lines().find(|l| l.starts_with("chainlink: warning:")).unwrap_or_default();
     assert!(warning.contains(&dir.display().to_string()), "{}", ran.show());
-    assert_eq!(entries(&private_dir(&work)), [format!("chainlink-run-{run}")], "the quick run left nothing\n{}", ran.show());
+    assert_eq!(case.workdir_entries(), [format!("chainlink-run-{run}")], "the quick run left nothing\n{}", ran.show());
 
     stuck.clear();
     let gc = chainlink(&gc_args, &[]);

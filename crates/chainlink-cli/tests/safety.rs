@@ -90,8 +90,15 @@ impl Case {
             .collect()
     }
 
+    /// Nothing in the workdir but the user's private directory (which stays between runs),
+    /// nothing in that, and no container.
     fn assert_nothing_left(&self) {
-        let entries: Vec<_> = std::fs::read_dir(self.workdir()).unwrap().flatten().map(|e| e.path()).collect();
+        let private = self.private_dir();
+        let mut entries: Vec<_> =
+            std::fs::read_dir(self.workdir()).unwrap().flatten().map(|e| e.path()).filter(|p| *p != private).collect();
+        if let Ok(inside) = std::fs::read_dir(&private) {
+            entries.extend(inside.flatten().map(|e| e.path()));
+        }
         assert!(entries.is_empty(), "left in the workdir: {entries:?}");
         assert!(self.containers().is_empty(), "containers left: {:?}", self.containers());
     }

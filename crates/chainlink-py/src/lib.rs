@@ -272,7 +272,9 @@ fn finish<'py>(py: Python<'py>, ended: Result<Vec<StageResult>, Error>) -> PyRes
             let category = py.import("chainlink._errors")?.getattr("CleanupWarning")?;
             let message = format!("the run's results are complete, but {source}").replace('\0', "\\0");
             let message = std::ffi::CString::new(message).unwrap_or_default();
-            PyErr::warn(py, &category, &message, 1)?;
+            // A program that turns warnings into errors still gets its results: they are what
+            // the run was for, and the leftovers are the sweep's.
+            let _ = PyErr::warn(py, &category, &message, 1);
             Ok(convert::results_to_py(py, &results)?.into_any())
         }
         Err(error) => Err(errors::to_py(py, error)),

@@ -231,28 +231,14 @@ impl RunGuard {
             (held.containers.clone(), held.run_dir.clone())
         };
         let result = release_all(&*self.engine, &self.run, &containers, run_dir.as_ref(), &self.images).await;
+        // What could not be removed stays for the sweep (the run's lock goes with the guard):
+        // the drop must not try again, synchronously, on a thread of the caller's runtime.
         let mut held = self.held.lock().unwrap();
-        match &result {
-            Ok(()) => {
-                held.containers.clear();
-                held.run_dir = None;
-                held.done = true;
-            }
-            // What could not be removed stays for the sweep (its lock goes with this process):
-            // the drop must not try again and hold the caller up for nothing.
-            Err(CleanupError::Workspace { .. }) if containers_removed(&result) => {
-                held.containers.clear();
-                held.run_dir = None;
-                held.done = true;
-            }
-            Err(_) => {}
-        }
+        held.containers.clear();
+        held.run_dir = None;
+        held.done = true;
         result
     }
-}
-
-fn containers_removed(result: &Result<(), CleanupError>) -> bool {
-    !matches!(result, Err(CleanupError::Container { .. }))
 }
 
 impl Drop for RunGuard {
@@ -349,6 +335,11 @@ pub(crate) async fn remove_run_dir(
     root: &Path,
     images: &[String],
 ) -> Result<(), CleanupError> {
+    // Only ever inside this user's private directory, checked again now: nothing is removed,
+    // nor mounted into a root container, through a directory someone else controls.
+    if let Err(e) = root.parent().map_or(Ok(()), check_private_dir) {
+        return Err(CleanupError::Workspace { path: root.to_path_buf(), failures: vec![e.to_string()], more: 0 });
+    }
     let job = root.join(JOB_DIR);
     let mut report = remove_tree(job.clone()).await;
     // Anything else beside the lock (nothing a stage can put there, but the runner's user
@@ -386,10 +377,6 @@ pub(crate) async fn remove_run_dir(
     gone(std::fs::remove_file(root.join(LOCK_FILE)))
         .and_then(|()| gone(std::fs::remove_dir(root)))
         .map_err(|e| CleanupError::Workspace { path: root.to_path_buf(), failures: vec![e.to_string()], more: 0 })?;
-    // The user's private directory goes with its last run (another run's entry keeps it).
-    if let Some(private) = root.parent() {
-        let _ = std::fs::remove_dir(private);
-    }
     Ok(())
 }
 
@@ -508,8 +495,12 @@ pub async fn sweep_dead_runs(
             }
         }
     }
-    // Run directories: only in this user's private directory, which nobody else can write to.
-    // One that is not private (made by someone else) is never looked into.
+    // Run directories: only in this user's private directory, which nobody else can write to,
+    // in a workdir where nobody else can rename it. Otherwise they are never looked into.
+    if let Err(why) = crate::workspace::check_workdir_ownership(workdir) {
+        report.failures.push(SweepFailure { what: workdir.display().to_string(), error: why });
+        return Ok(report);
+    }
     let private = private_dir(workdir);
     let entries = match std::fs::symlink_metadata(&private) {
         Err(_) => return Ok(report),
@@ -548,7 +539,7 @@ pub async fn sweep_dead_runs(
         };
         let probe_path = path.clone();
         let run_text = run.to_string();
-        let liveness = tokio::task::spawn_blocking(move || probe_run(&probe_path, &run_text, None))
+        let liveness = tokio::task::spawn_blocking(move || probe_run(&probe_path, &run_text, Some(current_uid())))
             .await
             .unwrap_or(Liveness::Unknown { deadline: None });
         let lock = match liveness {
@@ -565,7 +556,6 @@ pub async fn sweep_dead_runs(
             Err(e) => report.failures.push(SweepFailure { what: path.display().to_string(), error: e.to_string() }),
         }
     }
-    let _ = std::fs::remove_dir(&private);
     Ok(report)
 }
 

@@ -244,7 +244,7 @@ impl Chain {
             }
             .map_err(|e| (index, e))?;
             emit(sink, || Event::StageStarted { index, total, image: stage.image.clone() });
-            let job_baseline = job_baseline(workspace, stage).await.map_err(|e| (index, e))?;
+            let job_baseline = job_baseline(workspace, stage).await;
             let started = Instant::now();
             if let Err(refused) = self.engine.start(&id).await {
                 if refused.kind != EngineErrorKind::CannotStart {
@@ -454,24 +454,28 @@ impl Chain {
         // again: it goes with the container, and measuring it would be on every stage's path.
         let (state, job_after) = tokio::join!(engine.inspect_state(id), async {
             match limits {
-                Some((_, baseline)) if stop.is_none() => Some(job_growth(workspace, baseline).await.map(|(growth, _)| growth)),
+                Some((_, baseline)) if stop.is_none() => Some(job_growth(workspace, baseline).await),
                 _ => None,
             }
         });
         let state = state?;
         let mut exited_over = false;
         if let (Some((limit, _)), Some(growth)) = (limits, job_after) {
-            let growth = growth?;
-            if growth > limit {
-                stop = Some(Stop::DiskLimit(Some(growth)));
-                exited_over = true;
+            match growth {
+                Ok((growth, true)) if growth <= limit => {}
+                Ok((growth, true)) => stop = Some(Stop::DiskLimit(Some(growth))),
+                // What it left cannot be measured (closed to a runner that is not root): it
+                // cannot be let through, and it is the stage's doing, not the engine's.
+                Ok((_, false)) | Err(_) => stop = Some(Stop::DiskLimit(None)),
             }
+            exited_over = stop.is_some();
         }
         if let (Some(Stop::DiskLimit(None)), Some(limit)) = (stop, stage.disk_limit) {
+            let ending = if exited_over { "it had exited" } else { "killed" };
             output.stderr.mark(format!(
-                "disk_limit: what the stage wrote into /job could not be measured {UNMEASURABLE_POLLS} times in a row \
-                 (its directories kept moving under the measurement, or were closed to the runner's user), so it \
-                 could not be held to its disk_limit {limit}; killed"
+                "disk_limit: what the stage wrote into /job could not be measured (its directories kept moving \
+                 under the measurement, or were closed to the runner's user), so it could not be held to its \
+                 disk_limit {limit}; {ending}"
             ));
         }
         if let (Some(Stop::DiskLimit(Some(written))), Some(limit)) = (stop, stage.disk_limit) {
@@ -510,10 +514,11 @@ enum Stop {
 
 /// `/job`'s usage before a stage with a disk limit starts; `None` without a limit (nothing is
 /// measured then).
-async fn job_baseline(workspace: &Workspace, stage: &Stage) -> Result<Option<u64>, EngineError> {
+/// What cannot be read counts as nothing: the stage's own walks then fail closed.
+async fn job_baseline(workspace: &Workspace, stage: &Stage) -> Option<u64> {
     match stage.disk_limit {
-        Some(_) => workspace.disk_usage().await.map(|usage| Some(usage.bytes)).map_err(job_error),
-        None => Ok(None),
+        Some(_) => Some(workspace.disk_usage().await.map_or(0, |usage| usage.bytes)),
+        None => None,
     }
 }
 
@@ -549,7 +554,9 @@ async fn watch_disk(
         // past the limit, so after a few failures in a row the stage is stopped as over it.
         // So is a directory closed to a runner that is not root: what is inside cannot be
         // measured, so it cannot be let through either.
-        let Ok((job, true)) = job else {
+        // The same for a layer or volume that cannot be measured. (An engine that went away
+        // ends the stage's wait first, as the error it is.)
+        let (Ok((job, true)), Ok(layer)) = (job, layer) else {
             failed_in_a_row += 1;
             if failed_in_a_row >= UNMEASURABLE_POLLS {
                 return Ok(None);
@@ -557,7 +564,7 @@ async fn watch_disk(
             continue;
         };
         failed_in_a_row = 0;
-        let written = job.saturating_add(layer?.unwrap_or(0));
+        let written = job.saturating_add(layer.unwrap_or(0));
         if written > limit {
             return Ok(Some(written));
         }

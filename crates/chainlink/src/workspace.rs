@@ -5,7 +5,7 @@
 //! user of the host can put anything in it, nor see what is in it:
 //!
 //! ```text
-//! <workdir>/chainlink-<uid>/               0700, the runner's user
+//! <workdir>/chainlink-<uid>/               0700, the runner's user; kept between runs
 //!     chainlink-run-<run id>/              0700
 //!         lock                             run id and deadline; flock'ed for the run's lifetime
 //!         job/                             0777, bind-mounted at /job in every stage
@@ -15,8 +15,9 @@
 //! namespace, hostname or container its runner lived in (flock works across them on one
 //! filesystem, and the kernel drops it when the runner dies, SIGKILL included). A run directory
 //! is made under a staging name and renamed into place only once the lock is held, so a sweep
-//! never sees a run directory whose lock is not yet taken. The private directory goes when its
-//! last run does.
+//! never sees a run directory whose lock is not yet taken. The private directory stays once
+//! made (empty between runs), as tmux's `/tmp/tmux-<uid>` does: removing it would give its name
+//! back to whoever makes it next, between one of our checks and our next use of the path.
 //!
 //! The runner sees only [`Workspace::mount`], so a backend without host bind mounts can put
 //! `/job` somewhere else (a volume, an emptyDir).
@@ -68,31 +69,28 @@ impl Workspace {
     pub fn create(workdir: &Path, run: &RunId, deadline: SystemTime) -> io::Result<Workspace> {
         // The private directory may be removed by the last run of another process between our
         // check and our mkdir in it: make it again, a few times.
-        let mut attempts = 0;
-        let (parent, staging) = loop {
-            let parent = ensure_private_dir(workdir)?;
-            let staging = parent.join(format!("{STAGING_PREFIX}{run}"));
-            // 0700 from the start: no moment at which anyone else could get in.
-            match std::fs::DirBuilder::new().mode(0o700).create(&staging) {
-                Ok(()) => break (parent, staging),
-                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 5 => attempts += 1,
-                Err(e) => return Err(e),
-            }
-        };
+        check_workdir_ownership(workdir).map_err(|why| io::Error::new(io::ErrorKind::PermissionDenied, why))?;
+        let parent = ensure_private_dir(workdir)?;
+        let staging = parent.join(format!("{STAGING_PREFIX}{run}"));
+        // 0700 from the start: no moment at which anyone else could get in.
+        std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
         let root = parent.join(format!("{RUN_DIR_PREFIX}{run}"));
         let made = (|| {
             std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))?;
-            let mut lock = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(staging.join(LOCK_FILE))?;
-            flock(&lock, libc::LOCK_EX | libc::LOCK_NB)?;
-            fork_safety::forget_in_children(&lock);
+            // Wrapped at once, so that its slot in the fork table goes with it on any error.
+            let mut lock = LockFile(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    .open(staging.join(LOCK_FILE))?,
+            );
+            fork_safety::forget_in_children(&lock.0);
+            flock(&lock.0, libc::LOCK_EX | libc::LOCK_NB)?;
             let deadline = deadline.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
-            write!(lock, "{run}\n{deadline}\n")?;
+            write!(lock.0, "{run}\n{deadline}\n")?;
             let job = staging.join(JOB_DIR);
             std::fs::create_dir(&job)?;
             // Stages may run as any user: /job is open to all of them, behind the 0700 parents.
@@ -101,10 +99,9 @@ impl Workspace {
             Ok::<_, io::Error>(lock)
         })();
         match made {
-            Ok(lock) => Ok(Workspace { path: root.join(JOB_DIR), root, lock: Arc::new(LockFile(lock)) }),
+            Ok(lock) => Ok(Workspace { path: root.join(JOB_DIR), root, lock: Arc::new(lock) }),
             Err(e) => {
                 let _ = crate::tree::remove_tree(&staging);
-                let _ = std::fs::remove_dir(&parent);
                 Err(e)
             }
         }
@@ -154,10 +151,7 @@ pub fn check_workdir(workdir: &Path) -> Result<(), String> {
     if !meta.is_dir() {
         return Err(format!("{} (not a directory)", workdir.display()));
     }
-    // Anyone could rename this user's private directory away and put their own in its place.
-    if meta.permissions().mode() & 0o1002 == 0o0002 {
-        return Err(format!("{} (writable by every user without the sticky bit that /tmp has)", workdir.display()));
-    }
+    check_workdir_ownership(workdir)?;
     let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
     let probe = workdir.join(format!(".chainlink-probe-{}-{nanos}", std::process::id()));
     match std::fs::create_dir(&probe) {
@@ -236,6 +230,26 @@ pub(crate) fn probe_run(root: &Path, run: &str, owner_uid: Option<u32>) -> Liven
 fn effective_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// Whether nobody but this user (and root) can rename entries of `workdir`: it is this user's
+/// or root's, and anyone else who may write to it is held back by the sticky bit (as in
+/// `/tmp`). Otherwise someone could swap this user's private directory for their own.
+pub fn check_workdir_ownership(workdir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(workdir).map_err(|e| format!("{} ({e})", workdir.display()))?;
+    let owner_ok = meta.uid() == effective_uid() || meta.uid() == 0;
+    let shared_without_sticky = meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0;
+    if !owner_ok || shared_without_sticky {
+        return Err(format!(
+            "{} (owner uid {}, mode {:o}: others could rename what chainlink makes in it; use a \
+             directory of this user's, or one with the sticky bit as /tmp has)",
+            workdir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 /// This user's private directory in `workdir` (which may not exist).

@@ -259,10 +259,13 @@ fn unavailable(endpoint: &str, error: BollardError) -> EngineError {
 /// The engine says which only in words; these are moby's and runc's since Docker 1.13.
 fn cannot_start(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
+    // runc's `exec: "<path>": stat <path>: ...` is always about the path the stage gave (or
+    // made: a symlink loop, a name too long).
     let exec_failed = message.contains("exec: \"")
-        && ["no such file or directory", "executable file not found", "permission denied", "not a directory", "exec format error"]
-            .iter()
-            .any(|why| message.contains(why));
+        && (message.contains("\": stat ")
+            || ["no such file or directory", "executable file not found", "permission denied", "not a directory", "exec format error"]
+                .iter()
+                .any(|why| message.contains(why)));
     let no_such_identity = ["unable to find user", "unable to find group", "no matching entries in passwd file", "no matching entries in group file"]
         .iter()
         .any(|why| message.contains(why));
@@ -502,15 +505,41 @@ impl Engine for DockerEngine {
         })
         .await
         .unwrap_or(0);
-        if let Some(upper) = inspected.graph_driver.and_then(|mut g| g.data.remove("UpperDir")) {
-            let upper = std::path::PathBuf::from(upper);
-            if let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || crate::tree::disk_usage(&upper)).await {
-                return Ok(Some(bytes + files));
+        // Volumes the engine made for the image's `VOLUME` lines are writable outside the layer
+        // (even with a read-only root): their directories are walked too.
+        let volumes: Vec<std::path::PathBuf> = inspected
+            .mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.typ.as_deref() == Some("volume"))
+            .filter_map(|m| m.source.clone())
+            .map(std::path::PathBuf::from)
+            .collect();
+        let upper = inspected.graph_driver.and_then(|mut g| g.data.remove("UpperDir")).map(std::path::PathBuf::from);
+        // Whatever could not be read in full (a runner that is not root) is measured by the
+        // engine instead, or, for volumes, counted as unmeasurable by the caller's rules.
+        let walked = tokio::task::spawn_blocking(move || {
+            let walk = |path: &std::path::Path| crate::tree::measure(path).ok().filter(|u| u.skipped == 0).map(|u| u.bytes);
+            let volumes: Option<u64> = volumes.iter().map(|v| walk(v)).sum();
+            (upper.as_deref().and_then(walk), volumes)
+        })
+        .await
+        .unwrap_or((None, None));
+        let volumes = match walked.1 {
+            Some(bytes) => bytes,
+            None => {
+                return Err(EngineError::new(
+                    EngineErrorKind::Other,
+                    "failed to measure the container's volumes: their directories cannot be read by this user",
+                ))
             }
+        };
+        if let Some(layer) = walked.0 {
+            return Ok(Some(layer + files + volumes));
         }
         let options = bollard::query_parameters::InspectContainerOptions { size: true };
         let response = self.client.inspect_container(id, Some(options)).await.map_err(map_error)?;
-        Ok(response.size_rw.map(|bytes| bytes.max(0) as u64 + files))
+        Ok(response.size_rw.map(|bytes| bytes.max(0) as u64 + files + volumes))
     }
 
     async fn info(&self) -> Result<EngineInfo, EngineError> {
@@ -574,6 +603,7 @@ mod tests {
             r#"failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: "/job/a.out": stat /job/a.out: no such file or directory: unknown"#,
             r#"OCI runtime create failed: container_linux.go:380: starting container process caused: exec: "nope": executable file not found in $PATH: unknown"#,
             r#"failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: "/etc/passwd": permission denied: unknown"#,
+            r#"failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: "/job/run": stat /job/run: too many levels of symbolic links: unknown"#,
             "unable to find user nosuchuser: no matching entries in passwd file",
         ] {
             assert!(cannot_start(stage), "{stage}");

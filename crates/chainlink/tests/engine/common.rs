@@ -64,7 +64,12 @@ pub fn text(bytes: &[u8]) -> String {
 pub fn leftovers(workdir: &Path) -> Vec<String> {
     let mut found: Vec<String> =
         containers_under(workdir).into_iter().map(|(id, owner)| format!("container {id} (owner {owner})")).collect();
+    // The user's private directory stays between runs, empty: what is in it is left.
+    let private = chainlink::workspace::private_dir(workdir);
     if let Ok(entries) = std::fs::read_dir(workdir) {
+        found.extend(entries.flatten().filter(|e| e.path() != private).map(|e| format!("entry {}", e.path().display())));
+    }
+    if let Ok(entries) = std::fs::read_dir(&private) {
         found.extend(entries.flatten().map(|e| format!("entry {}", e.path().display())));
     }
     found

@@ -175,3 +175,30 @@ async fn a_stage_that_exits_soon_after_passing_its_limit_still_fails() {
     assert_eq!(results[1].outcome, Outcome::Skipped);
     assert_nothing_left(dir.path());
 }
+
+/// An image's `VOLUME` line makes the engine create a volume the stage may write, outside its
+/// layer and `/job` (and writable with a read-only root too): it counts against the limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stage_writing_past_its_limit_into_an_image_volume_is_killed() {
+    let dir = workdir();
+    let image = "chainlink-test/busybox-volume";
+    // The test image with a `VOLUME /data` line, made from it here.
+    let base = docker(&["create", "--label", "org.chainlink.test-probe=true", BUSYBOX, "true"]);
+    let made = docker(&["commit", "--change", "VOLUME /data", base.trim(), image]);
+    docker(&["rm", "-f", base.trim()]);
+    assert!(!made.trim().is_empty(), "could not make {image}");
+    let mut stage = limited(&writer("/data/big", 128, "0.1"), Some(64 * MIB));
+    stage.image = image.to_string();
+    stage.read_only = true;
+    let chain = chainlink::Chain::new(
+        vec![stage, sh("echo never")],
+        chainlink::ChainOptions::default().workdir(dir.path()).pull(chainlink::PullPolicy::Never),
+    )
+    .await
+    .expect("chain");
+    let results = run(&chain).await;
+    let written = assert_killed_for_disk(&results, 64);
+    assert!(written < 256, "{written} MiB written before the kill");
+    assert_nothing_left(dir.path());
+    docker(&["rmi", image]);
+}

@@ -89,9 +89,15 @@ async fn fractional_timeouts_and_child_processes_are_killed_too() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_engine_error_names_the_stage_and_keeps_earlier_results() {
+    // A configuration the engine refuses when it starts the container: a tmpfs over a file.
+    fn refused_at_start() -> Stage {
+        let mut stage = Stage::new(BUSYBOX).entrypoint(["true"]);
+        stage.tmpfs.insert("/etc/passwd".into(), String::new());
+        stage
+    }
     let dir = workdir();
     let chain = chain(
-        vec![sh("echo fine > /job/f; echo fine"), Stage::new(BUSYBOX).entrypoint(["/no/such/program"]), sh("true")],
+        vec![sh("echo fine > /job/f; echo fine"), refused_at_start(), sh("true")],
         dir.path(),
     )
     .await;
@@ -100,7 +106,7 @@ async fn an_engine_error_names_the_stage_and_keeps_earlier_results() {
     assert_eq!((*index, image.as_str()), (1, BUSYBOX));
     assert_eq!(results.len(), 1);
     assert_eq!(stdout(&results[0]), "fine");
-    assert!(source.message.contains("/no/such/program"), "{source}");
+    assert!(source.message.contains("/etc/passwd"), "{source}");
     assert!(error.to_string().starts_with("failed to run stages[1] (chainlink-test/busybox): "), "{error}");
     assert_nothing_left(dir.path());
 }

@@ -47,9 +47,19 @@ async fn cleanup_as_this_user() {
     let dir = tempfile::Builder::new().prefix("chainlink-test-nonroot-").tempdir_in("/tmp").unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let script = "mkdir -p /job/a/b/c && echo x > /job/a/b/c/f && chmod 000 /job/a/b/c/f /job/a/b/c /job/a/b /job/a && ls -ld /job/a | cut -c1-10";
-    let results = run(&chain(vec![sh(script)], dir.path()).await).await;
+    // Without a disk limit: what this runner cannot read it cannot measure either (below).
+    let mut stage = sh(script);
+    stage.disk_limit = None;
+    let results = run(&chain(vec![stage], dir.path()).await).await;
     assert!(results[0].success(), "{}", stderr(&results[0]));
     assert_eq!(stdout(&results[0]), "d---------");
+    assert_nothing_left(dir.path());
+
+    // With one (the default), a directory closed to this runner cannot be measured: the stage
+    // is held to have gone over its limit (fail closed), and its files are still removed.
+    let results = run(&chain(vec![sh(script)], dir.path()).await).await;
+    assert_eq!(results[0].outcome, chainlink::Outcome::DiskLimit, "{}", stderr(&results[0]));
+    assert!(stderr(&results[0]).contains("could not be measured"), "{}", stderr(&results[0]));
     assert_nothing_left(dir.path());
 
     // A dead run's directory holding root-owned, mode-000 files, and a sweep given no cleanup
