@@ -1431,6 +1431,56 @@ mod chain_file_tests {
     use super::*;
     use serde_json::json;
 
+    /// Each row of the chain-file table of docs/bad-input.md, made by the code: the message
+    /// (after the `FILE:line:column: ` the CLI puts before it, byte counts written as `N`) must
+    /// be in the doc, so the two cannot drift.
+    #[test]
+    fn the_bad_input_doc_lists_every_chain_file_message() {
+        let doc = include_str!("../../../docs/bad-input.md");
+        let syntax = |text: &[u8]| match ChainFile::parse_bytes(text, false).unwrap_err() {
+            ChainFileError::Syntax(e) => e.to_string(),
+            other => other.to_string(),
+        };
+        let big = vec![b' '; MAX_CHAIN_FILE_BYTES + 1];
+        let deep = format!("stages: {}{}", "[".repeat(100), "]".repeat(100));
+        let mut messages = vec![
+            ChainFile::parse_bytes(&big, false).unwrap_err().to_string(),
+            syntax(deep.as_bytes()),
+            syntax(b"- image: a\n  timeout: 3\n  image: b\n"),
+            ChainFile::parse_bytes(b"# nothing\n", false).unwrap_err().to_string(),
+            syntax(b"- image: a\n  entrypoint: [caf\xe9]\n"),
+        ];
+        let invalid = |text: &str| match ChainFile::parse(text, false) {
+            Err(ChainFileError::Invalid(p)) => p.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        messages.extend(invalid("- image: a\n  timeout: .nan\n"));
+        messages.extend(invalid("stages: [{image: a}]\nenv: {C: \"x\\0y\"}\n"));
+        let stages = [Stage::new("a")];
+        for environ in [BTreeMap::from([("A\0B".to_string(), "x".to_string())]), BTreeMap::from([("A".to_string(), "x\0y".to_string())])] {
+            messages.extend(environ_problems(&environ, &stages).iter().map(ToString::to_string));
+        }
+        let many: BTreeMap<String, String> = (0..100_000).map(|i| (format!("V{i}"), "x".to_string())).collect();
+        messages.extend(environ_problems(&many, &stages).iter().map(ToString::to_string));
+        let long = Stage::new("a").entrypoint(["sh".to_string(), "x".repeat(204_800)]);
+        messages.extend(check_stages(&[Stage::new("a"), Stage::new("a"), long]).unwrap_err().0.iter().map(ToString::to_string));
+        let wide = Stage::new("a").entrypoint((0..200).map(|_| "y".repeat(6000)));
+        messages.extend(check_stages(&[wide]).unwrap_err().0.iter().map(ToString::to_string));
+        for message in messages {
+            let message = message.split_once(": failed to parse").map_or(message.clone(), |(_, rest)| format!("failed to parse{rest}"));
+            // Counts that depend on the input are written as N in the doc.
+            let general = message
+                .split(' ')
+                .map(|word| if word.len() > 3 && word.chars().all(|c| c.is_ascii_digit()) && !doc.contains(word) { "N" } else { word })
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert!(
+                doc.contains(&message) || doc.contains(&general),
+                "docs/bad-input.md lacks the message: {message}"
+            );
+        }
+    }
+
     fn problems(text: &str) -> Vec<String> {
         match ChainFile::parse(text, false) {
             Err(ChainFileError::Invalid(p)) => p.0.iter().map(ToString::to_string).collect(),
