@@ -47,6 +47,7 @@ removed and what it could not.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import os
 import signal
@@ -148,6 +149,13 @@ def gc(
     images = [cleanup_images] if isinstance(cleanup_images, str) else list(cleanup_images)
     return _chainlink.gc(os.fspath(workdir), images)  # type: ignore[return-value]
 
+
+#: How long the interpreter's exit waits for runs still in flight to be cancelled and cleaned up.
+_EXIT_CLEANUP_SECONDS = 10.0
+
+# Before the interpreter finalizes: no runtime thread may enter it any more, and the runs still
+# in flight are stopped and cleaned up (their containers and directories removed).
+atexit.register(_chainlink.at_exit, _EXIT_CLEANUP_SECONDS)
 
 #: How long the SIGTERM handler waits for the runs it cancelled to clean up.
 _SIGTERM_CLEANUP_SECONDS = 10.0

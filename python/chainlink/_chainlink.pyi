@@ -45,3 +45,5 @@ class RunHandle:
         gets a ``ChainlinkError``."""
     def done(self) -> bool:
         """Whether the run has ended, its cleanup included."""
+
+def at_exit(timeout: float) -> bool: ...

@@ -23,7 +23,7 @@ mod errors;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -210,6 +210,14 @@ impl Chain {
             // Building Python objects needs the GIL, which may take a while to get: not on a
             // worker thread.
             let delivered = tokio::task::spawn_blocking(move || {
+                let _delivering = Delivering::enter();
+                if CLOSED.load(Ordering::SeqCst) {
+                    // The interpreter is exiting: nobody waits for this any more, and a thread
+                    // that enters Python while it finalizes is ended under our feet (its
+                    // unwinding then releases a GIL state that is not current: an abort).
+                    // `on_done` is dropped without the GIL: pyo3 defers that decref.
+                    return;
+                }
                 Python::try_attach(|py| {
                     let (ok, value) = match finish(py, ended) {
                         Ok(results) => (true, results.unbind()),
@@ -218,7 +226,7 @@ impl Chain {
                     if let Err(error) = on_done.call1(py, (ok, value)) {
                         error.write_unraisable(py, Some(on_done.bind(py)));
                     }
-                })
+                });
             })
             .await;
             drop(delivered);
@@ -344,6 +352,68 @@ fn gc<'py>(py: Python<'py>, workdir: PathBuf, cleanup_images: Vec<String>) -> Py
     Ok(dict)
 }
 
+/// Set at interpreter exit (`at_exit`): no runtime thread may enter Python any more.
+static CLOSED: AtomicBool = AtomicBool::new(false);
+/// Runtime threads delivering a result to Python right now, with the pid they count for (a
+/// forked child starts from zero): `pid << 32 | count`.
+static DELIVERING: AtomicU64 = AtomicU64::new(0);
+
+/// One delivery in progress, counted in `DELIVERING` for its lifetime.
+struct Delivering;
+
+impl Delivering {
+    fn enter() -> Delivering {
+        add_delivering(1);
+        Delivering
+    }
+}
+
+impl Drop for Delivering {
+    fn drop(&mut self) {
+        add_delivering(-1);
+    }
+}
+
+fn add_delivering(delta: i64) {
+    let pid = u64::from(std::process::id());
+    let _ = DELIVERING.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |current| {
+        let count = if current >> 32 == pid { (current & 0xffff_ffff) as i64 } else { 0 };
+        Some(pid << 32 | (count + delta).max(0) as u64)
+    });
+}
+
+fn delivering_now() -> u64 {
+    let current = DELIVERING.load(Ordering::SeqCst);
+    if current >> 32 == u64::from(std::process::id()) {
+        current & 0xffff_ffff
+    } else {
+        0
+    }
+}
+
+/// Registered with `atexit` by the Python package: before the interpreter finalizes, stop
+/// runtime threads from entering it, cancel the runs still in flight and wait (GIL released,
+/// at most `timeout` seconds) for their cleanup and for deliveries already inside Python.
+/// Without this, a delivery racing the interpreter's exit aborted the process (SIGABRT,
+/// "PyGILState_Release: thread state must be current when releasing").
+#[pyfunction]
+fn at_exit(py: Python<'_>, timeout: f64) -> bool {
+    CLOSED.store(true, Ordering::SeqCst);
+    cancel_runs();
+    let timeout = Duration::try_from_secs_f64(timeout).unwrap_or(Duration::ZERO);
+    let deadline = Instant::now() + timeout;
+    let runs_done = wait_runs(py, timeout.as_secs_f64());
+    py.detach(move || {
+        while delivering_now() > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        runs_done
+    })
+}
+
 /// Cancels every run in flight in this process (their containers are killed and everything
 /// they hold removed, as for `RunHandle.cancel`); returns how many there were.
 #[pyfunction]
@@ -385,5 +455,6 @@ fn _chainlink(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gc, m)?)?;
     m.add_function(wrap_pyfunction!(cancel_runs, m)?)?;
     m.add_function(wrap_pyfunction!(wait_runs, m)?)?;
+    m.add_function(wrap_pyfunction!(at_exit, m)?)?;
     Ok(())
 }
