@@ -686,3 +686,272 @@ async fn get_image(engine: &dyn Engine, image: &str, policy: PullPolicy, sink: &
         }
     }
 }
+
+/// Unit tests of the runner's logic against [`crate::engine::fake::FakeEngine`] (no Docker), in
+/// tokio's paused time: delays are virtual, and a run that would hang is caught by a virtual
+/// bound instead of stalling the suite.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::fake::{stamp, Call, FakeEngine, Script, FAKE_ENDPOINT, KILLED_CODE, LOG_EPOCH};
+    use crate::events::Event;
+    use crate::outcome::StageResult;
+    use std::sync::Mutex;
+    use tokio::time::Instant as VirtualInstant;
+
+    fn secs(n: f64) -> Duration {
+        Duration::from_secs_f64(n)
+    }
+
+    /// `n` stages `img-0`, `img-1`, ...; no disk limit, so nothing measures the run directory.
+    fn stages(n: usize) -> Vec<Stage> {
+        (0..n)
+            .map(|i| {
+                let mut stage = Stage::new(format!("img-{i}"));
+                stage.disk_limit = None;
+                stage
+            })
+            .collect()
+    }
+
+    async fn chain(stages: Vec<Stage>, fake: &FakeEngine, workdir: &tempfile::TempDir) -> Chain {
+        Chain::with_engine(stages, ChainOptions::default().workdir(workdir.path()), fake.shared()).await.unwrap()
+    }
+
+    /// A run bounded by a virtual hour: a hang fails the test rather than stalling it.
+    async fn run(chain: &Chain, control: RunControl) -> Result<Vec<StageResult>, Error> {
+        tokio::time::timeout(Duration::from_secs(3600), chain.run_with(&BTreeMap::new(), control))
+            .await
+            .expect("the run hung")
+    }
+
+    /// Stage indices of container names (`chainlink-<run>-<index>`), sorted.
+    fn indices(names: &[String]) -> Vec<usize> {
+        let mut indices: Vec<usize> = names.iter().map(|n| n.rsplit('-').next().unwrap().parse().unwrap()).collect();
+        indices.sort();
+        indices
+    }
+
+    /// Every container the engine made was removed, and none is left.
+    fn assert_nothing_left(fake: &FakeEngine) {
+        assert_eq!(fake.live(), Vec::<String>::new(), "left behind; calls: {:?}", fake.calls());
+        assert_eq!(indices(&fake.created()), indices(&fake.removed()), "calls: {:?}", fake.calls());
+    }
+
+    fn outcomes(results: &[StageResult]) -> Vec<Outcome> {
+        results.iter().map(|r| r.outcome).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_stage_skips_the_rest_and_its_precreated_container_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // Slow removals make it visible when each one begins.
+        let fake = FakeEngine::new([
+            Script::exits(0, secs(1.0)),
+            Script::exits(3, secs(2.0)).remove_takes(secs(5.0)),
+            Script::default().remove_takes(secs(5.0)),
+        ]);
+        let chain = chain(stages(3), &fake, &dir).await;
+        let began = VirtualInstant::now();
+        let results = run(&chain, RunControl::default()).await.unwrap();
+        assert_eq!(outcomes(&results), [Outcome::Exited(0), Outcome::Exited(3), Outcome::Skipped]);
+        assert_eq!(results[2].state, None);
+        // Stage 2's container was made while stage 1 ran (the pre-create), never started, and
+        // is gone.
+        assert_eq!(indices(&fake.created()), [0, 1, 2]);
+        assert_eq!(indices(&fake.started()), [0, 1]);
+        assert_nothing_left(&fake);
+        // Its removal began as soon as stage 1 failed (at 3 s), alongside stage 1's, rather than
+        // after it in the final sweep (which would end at 13 s).
+        assert!(began.elapsed() < secs(9.0), "{:?}", began.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_path_removes_every_container() {
+        // Success.
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeEngine::new([Script::exits(0, secs(1.0)), Script::exits(0, secs(1.0)), Script::exits(0, secs(1.0))]);
+        let results = run(&chain(stages(3), &fake, &dir).await, RunControl::default()).await.unwrap();
+        assert_eq!(outcomes(&results), [Outcome::Exited(0); 3]);
+        assert_eq!(indices(&fake.started()), [0, 1, 2]);
+        assert_nothing_left(&fake);
+
+        // A program that cannot start: the stage's failure, the rest skipped.
+        let fake = FakeEngine::new([
+            Script::exits(0, secs(1.0)),
+            Script { exit_code: 127, ..Script::default() }.start_refused(EngineErrorKind::CannotStart),
+        ]);
+        let results = run(&chain(stages(3), &fake, &dir).await, RunControl::default()).await.unwrap();
+        assert_eq!(outcomes(&results), [Outcome::Exited(0), Outcome::StartFailed(127), Outcome::Skipped]);
+        assert_nothing_left(&fake);
+
+        // A start the engine refuses: an engine error, after which everything still goes.
+        let fake = FakeEngine::new([Script::exits(0, secs(1.0)), Script::default().start_refused(EngineErrorKind::Refused)]);
+        match run(&chain(stages(3), &fake, &dir).await, RunControl::default()).await {
+            Err(Error::Stage { index: 1, results, source, .. }) => {
+                assert_eq!(outcomes(&results), [Outcome::Exited(0)]);
+                assert_eq!(source.kind, EngineErrorKind::Refused);
+            }
+            other => panic!("expected a stage error, got {other:?}"),
+        }
+        // The start failed before stage 2's container was made.
+        assert_eq!(indices(&fake.created()), [0, 1]);
+        assert_nothing_left(&fake);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_kills_the_stage() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stages = stages(2);
+        stages[0].timeout = secs(5.0);
+        let script = Script::runs_until_killed().prints(StreamKind::Stdout, secs(1.0), "working\n");
+        let fake = FakeEngine::new([script]);
+        let chain = chain(stages, &fake, &dir).await;
+        let began = VirtualInstant::now();
+        let results = run(&chain, RunControl::default()).await.unwrap();
+        let took = began.elapsed();
+        assert_eq!(outcomes(&results), [Outcome::TimedOut, Outcome::Skipped]);
+        assert!(results[0].killed());
+        assert_eq!(results[0].exit_code(), Some(KILLED_CODE));
+        assert_eq!(indices(&fake.killed()), [0]);
+        // Killed at the timeout, not later; its output up to then is kept.
+        assert!(took >= secs(5.0) && took < secs(6.0), "{took:?}");
+        let stdout = results[0].stdout.as_ref().unwrap();
+        assert_eq!(stdout.bytes, format!("{} working\n", stamp(secs(1.0))).into_bytes());
+        assert_nothing_left(&fake);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_killed_stage_that_never_stops_ends_the_run_within_the_kill_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stages = stages(2);
+        stages[0].timeout = secs(5.0);
+        let fake = FakeEngine::new([Script::runs_until_killed().ignoring_kill()]);
+        let chain = chain(stages, &fake, &dir).await;
+        let began = VirtualInstant::now();
+        let ended = run(&chain, RunControl::default()).await;
+        let took = began.elapsed();
+        match ended {
+            Err(Error::Stage { index: 0, results, source, .. }) => {
+                assert!(results.is_empty());
+                assert_eq!(source.kind, EngineErrorKind::Timeout, "{source}");
+            }
+            other => panic!("expected a stage error, got {other:?}"),
+        }
+        assert_eq!(indices(&fake.killed()), [0]);
+        // The timeout, then one kill grace: not a moment of virtual time more.
+        assert!(took >= secs(5.0) + KILL_GRACE && took < secs(6.0) + KILL_GRACE, "{took:?}");
+        // The removal is forced, so even this container goes.
+        assert_nothing_left(&fake);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancel_during_a_create_still_removes_what_the_create_makes() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeEngine::new([Script::default().create_takes(secs(10.0))]);
+        let chain = chain(stages(2), &fake, &dir).await;
+        let control = RunControl::default();
+        let cancel = control.cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(secs(5.0)).await;
+            cancel.cancel();
+        });
+        let began = VirtualInstant::now();
+        let ended = run(&chain, control).await;
+        assert!(matches!(ended, Err(Error::Cancelled { ref results }) if results.is_empty()), "{ended:?}");
+        // The create was answered after the cancel (at 10 s), and the run waited for it.
+        assert!(began.elapsed() >= secs(10.0), "{:?}", began.elapsed());
+        assert_eq!(indices(&fake.created()), [0]);
+        assert_eq!(fake.started(), Vec::<String>::new());
+        // Long after: nothing the engine made late is left.
+        tokio::time::sleep(secs(60.0)).await;
+        assert_nothing_left(&fake);
+        let calls = fake.calls();
+        let position = |wanted: &dyn Fn(&Call) -> bool| calls.iter().position(wanted).unwrap();
+        assert!(
+            position(&|c| matches!(c, Call::Created(_))) < position(&|c| matches!(c, Call::Removed(_))),
+            "{calls:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn losing_the_engine_mid_stage_is_an_error_of_that_stage_with_the_results_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeEngine::new([
+            Script::exits(0, secs(1.0)),
+            Script::exits(0, secs(10.0)).loses_engine_after(secs(2.0)),
+            Script::default(),
+        ]);
+        let chain = chain(stages(3), &fake, &dir).await;
+        let began = VirtualInstant::now();
+        match run(&chain, RunControl::default()).await {
+            Err(Error::Stage { index, image, results, source }) => {
+                assert_eq!((index, image.as_str()), (1, "img-1"));
+                assert_eq!(outcomes(&results), [Outcome::Exited(0)]);
+                assert_eq!(source.kind, EngineErrorKind::Unavailable);
+                let lost = format!("lost the connection to the Docker engine at {FAKE_ENDPOINT}: ");
+                assert!(source.message.starts_with(&lost), "{}", source.message);
+            }
+            other => panic!("expected a stage error, got {other:?}"),
+        }
+        // Ended when the engine went away (1 s + 2 s), not at the stage's own exit.
+        assert!(began.elapsed() < secs(4.0), "{:?}", began.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn output_read_again_is_not_duplicated_and_a_full_stream_is_no_longer_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stages = stages(1);
+        // Each chunk is 37 bytes (a 30-character stamp, a space, 6 bytes): three fit.
+        stages[0].output_limit = 120;
+        let (out, err) = (StreamKind::Stdout, StreamKind::Stderr);
+        let script = Script::exits(0, secs(4.0))
+            .prints(err, secs(1.0), "err-1\n")
+            .prints(out, secs(1.1), "out-a\n")
+            .prints(out, secs(1.2), "out-b\n")
+            .prints(err, secs(1.25), "err-2\n")
+            .prints(out, secs(1.3), "out-c\n")
+            // Fills stdout: dropped, and nothing of stdout is read after it.
+            .prints(out, secs(1.4), "out-d\n")
+            .prints(out, secs(2.0), "out-e\n")
+            .prints(err, secs(3.0), "err-3\n")
+            .prints(out, secs(3.5), "out-f\n");
+        let fake = FakeEngine::new([script]);
+        let chain = chain(stages, &fake, &dir).await;
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let sink: EventSink = Arc::new(move |event: &Event| {
+            if let Event::Output { stream: StreamKind::Stderr, bytes, .. } = event {
+                seen.lock().unwrap().push(bytes.clone());
+            }
+        });
+        let results = run(&chain, RunControl { events: Some(sink), ..Default::default() }).await.unwrap();
+        let line = |at: f64, text: &str| format!("{} {text}", stamp(secs(at)));
+
+        // Stderr's first two chunks come again (the re-read starts at their second), and again
+        // in the catch-up read at the end: each is kept, and sent as an event, once.
+        let expected_stderr = [line(1.0, "err-1\n"), line(1.25, "err-2\n"), line(3.0, "err-3\n")];
+        let stderr = results[0].stderr.as_ref().unwrap();
+        assert_eq!(String::from_utf8_lossy(&stderr.bytes), expected_stderr.concat());
+        let sent: Vec<String> = events.lock().unwrap().iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+        assert_eq!(sent, expected_stderr);
+
+        // Stdout keeps its first three chunks; only the one that filled it was dropped: what it
+        // printed later (out-e, out-f) was never read.
+        let stdout = results[0].stdout.as_ref().unwrap();
+        let kept = [line(1.1, "out-a\n"), line(1.2, "out-b\n"), line(1.3, "out-c\n")].concat();
+        assert!(String::from_utf8_lossy(&stdout.bytes).starts_with(&kept), "{stdout:?}");
+        assert_eq!(stdout.dropped, line(1.4, "out-d\n").len() as u64);
+        let follow = |since_unix_secs, stdout| LogsRequest { follow: true, since_unix_secs, stdout, stderr: true, tail: None };
+        assert_eq!(
+            fake.logs_requests(),
+            [
+                follow(0, true),
+                // Resumed from stderr's latest second, stderr only.
+                follow(LOG_EPOCH + 1, false),
+                LogsRequest { follow: false, tail: Some(CATCH_UP_LINES), ..follow(0, false) },
+            ]
+        );
+        assert_nothing_left(&fake);
+    }
+}

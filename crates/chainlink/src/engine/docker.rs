@@ -17,13 +17,15 @@ use bollard::{BollardRequest, Docker};
 use futures_util::stream::{BoxStream, StreamExt};
 
 use super::credentials::{CredentialSource, RegistryCredentials, Secret};
+use super::endpoint::{self, Endpoint, EndpointError};
 use super::reference::ImageRef;
 use super::{
     ContainerSpec, ContainerState, Engine, EngineError, EngineErrorKind, EngineInfo, JobMount, LabelledContainer,
     LogChunk, LogsRequest, PullProgress, SharedEngine, StreamKind,
 };
 
-const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+/// bollard's per-request timeout, as its `connect_with_host` sets it.
+const BOLLARD_TIMEOUT_SECS: u64 = 120;
 /// How long the first contact may take before the engine counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -45,20 +47,29 @@ impl std::fmt::Debug for DockerEngine {
 }
 
 impl DockerEngine {
-    /// Connects as the docker CLI does: `DOCKER_HOST`, else the default socket; then agrees on
-    /// an API version with the engine (older engines speak older versions).
+    /// Connects as the docker CLI does (see [`endpoint::resolve`]): `DOCKER_HOST` (TLS for
+    /// `tcp://` when `DOCKER_TLS_VERIFY` is set, files from `DOCKER_CERT_PATH`), else the
+    /// context `DOCKER_CONTEXT` names, else `currentContext` in `$DOCKER_CONFIG/config.json`,
+    /// else the default socket; then agrees on an API version with the engine (older engines
+    /// speak older versions). A missing TLS file, an unknown context or a malformed config is
+    /// an [`EngineErrorKind::Unavailable`] error before any request.
     pub async fn connect() -> Result<DockerEngine, EngineError> {
-        let endpoint = std::env::var("DOCKER_HOST")
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| DEFAULT_HOST.to_string());
-        Self::connect_to(&endpoint).await
+        let endpoint = endpoint::resolve_from_process().map_err(endpoint_error)?;
+        Self::connect_endpoint(endpoint).await
     }
 
-    /// Connects to the engine at `endpoint` (`unix:///path`, `tcp://host:port`, or a socket path).
+    /// Connects to the engine at `endpoint` (`unix:///path`, `tcp://host:port`, `ssh://user@host`,
+    /// or a socket path), as `docker -H endpoint` would: `tcp://` uses TLS when
+    /// `DOCKER_TLS_VERIFY` is set. The endpoint [`connect`](Self::connect) chose keeps its
+    /// context's TLS files when named again (a reconnection).
     pub async fn connect_to(endpoint: &str) -> Result<DockerEngine, EngineError> {
-        let endpoint = if endpoint.starts_with('/') { format!("unix://{endpoint}") } else { endpoint.to_string() };
-        let client = Self::client_for(&endpoint)?;
+        let endpoint = endpoint::for_host_from_process(endpoint).map_err(endpoint_error)?;
+        Self::connect_endpoint(endpoint).await
+    }
+
+    async fn connect_endpoint(resolved: Endpoint) -> Result<DockerEngine, EngineError> {
+        let client = Self::client_for(&resolved)?;
+        let endpoint = resolved.host;
         let client = match tokio::time::timeout(CONNECT_TIMEOUT, client.negotiate_version()).await {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => return Err(unavailable(&endpoint, e)),
@@ -88,10 +99,30 @@ impl DockerEngine {
         &self.credentials
     }
 
-    fn client_for(endpoint: &str) -> Result<Docker, EngineError> {
-        Docker::connect_with_host(endpoint)
-            .map(|client| client.with_request_modifier(url_safe_registry_auth))
-            .map_err(|e| unavailable(endpoint, e))
+    /// The bollard client for a resolved endpoint. bollard's own `connect_with_host` is not
+    /// used for `tcp://`: it turns TLS on whenever `DOCKER_TLS_VERIFY` exists, empty or not,
+    /// and reads the files itself; here the resolution alone decides.
+    fn client_for(resolved: &Endpoint) -> Result<Docker, EngineError> {
+        let host = resolved.host.as_str();
+        let client = match (&resolved.tls, host) {
+            (Some(tls), _) => {
+                // Without a client pair, paths that do not exist: bollard's resolver then
+                // offers no certificate (an engine that does not ask for one).
+                let (cert, key) = match &tls.client {
+                    Some(pair) => (pair.cert.clone(), pair.key.clone()),
+                    None => (tls.ca.with_file_name("cert.pem"), tls.ca.with_file_name("key.pem")),
+                };
+                Docker::connect_with_ssl(host, &key, &cert, &tls.ca, BOLLARD_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+            }
+            (None, h) if h.starts_with("tcp://") || h.starts_with("http://") => {
+                Docker::connect_with_http(h, BOLLARD_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+            }
+            (None, h) if h.starts_with("ssh://") => {
+                Docker::connect_with_ssh(h, BOLLARD_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION, None)
+            }
+            (None, h) => Docker::connect_with_host(h),
+        };
+        client.map(|client| client.with_request_modifier(url_safe_registry_auth)).map_err(|e| unavailable(host, e))
     }
 
     async fn remove_once(&self, id: &str) -> Result<(), EngineError> {
@@ -239,6 +270,12 @@ fn redact(message: String, creds: Option<&RegistryCredentials>) -> String {
         Some(secret) if message.contains(secret) => message.replace(secret, "<redacted>"),
         _ => message,
     }
+}
+
+/// An endpoint that cannot be decided (a missing TLS file, an unknown context, a malformed
+/// config): the engine is unavailable, and nothing was sent to it.
+fn endpoint_error(error: EndpointError) -> EngineError {
+    EngineError { kind: EngineErrorKind::Unavailable, message: error.to_string(), source: Some(Box::new(error)) }
 }
 
 fn unavailable(endpoint: &str, error: BollardError) -> EngineError {
@@ -615,6 +652,39 @@ mod tests {
         ] {
             assert!(!cannot_start(engine), "{engine}");
         }
+    }
+
+    /// An endpoint that cannot be decided is the engine being unavailable, with the endpoint
+    /// module's message (naming the file or context) as it is.
+    #[test]
+    fn endpoint_errors_are_unavailable_and_keep_their_message() {
+        let error = endpoint_error(EndpointError::ContextSkipsTlsVerify { name: "lax".into() });
+        assert_eq!(error.kind, EngineErrorKind::Unavailable);
+        assert!(error.message.starts_with("failed to use the docker context \"lax\""), "{}", error.message);
+        assert!(error.source.is_some());
+    }
+
+    /// A TLS endpoint gets bollard's TLS client and a `tcp://` endpoint without TLS its plain
+    /// HTTP one (bollard shows which only in its `Debug`); an engine that does not answer there
+    /// is unavailable, named by its endpoint.
+    #[tokio::test]
+    async fn tls_and_plain_tcp_endpoints_connect_through_their_clients() {
+        let certs = tempfile::tempdir().unwrap();
+        std::fs::write(certs.path().join("ca.pem"), "").unwrap();
+        // A port nobody listens on: bind, note it, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let host = format!("tcp://127.0.0.1:{port}");
+        let tls = Endpoint {
+            host: host.clone(),
+            tls: Some(endpoint::TlsFiles { ca: certs.path().join("ca.pem"), client: None }),
+            origin: endpoint::Origin::Host,
+        };
+        assert!(format!("{:?}", DockerEngine::client_for(&tls).unwrap()).contains("client_type: SSL"));
+        let plain = Endpoint { tls: None, ..tls.clone() };
+        assert!(format!("{:?}", DockerEngine::client_for(&plain).unwrap()).contains("client_type: Http"));
+        let error = DockerEngine::connect_endpoint(tls).await.unwrap_err();
+        assert_eq!(error.kind, EngineErrorKind::Unavailable, "{error:?}");
+        assert!(error.message.contains(&host), "{}", error.message);
     }
 
     #[test]

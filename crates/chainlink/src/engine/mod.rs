@@ -7,6 +7,10 @@
 
 pub mod credentials;
 pub mod docker;
+pub mod endpoint;
+// The fake is for the crate's own unit tests only: it stays out of the public API and builds.
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod reference;
 
 use std::collections::BTreeMap;
