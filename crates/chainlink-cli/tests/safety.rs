@@ -321,6 +321,18 @@ fn other_host_users_cannot_reach_into_a_runs_job_directory() {
     case.assert_nothing_left();
 }
 
+/// A stage script that makes a tree `1,025 × times` directories deep in `dir`, then prints
+/// `made`: a fresh chain of 1,024 directories (a 2,047-byte path, under PATH_MAX) made with one
+/// `mkdir -p`, the tree so far moved to its bottom, over and over; no path is longer than
+/// PATH_MAX and it takes a few process starts per 1,024 levels.
+fn deep_tree(dir: &str, times: u32) -> String {
+    format!(
+        "s=a; for i in 1 2 3 4 5 6 7 8 9 10; do s=\"$s/$s\"; done; cd {dir}; mkdir acc; \
+         for i in $(seq {times}); do mkdir -p \"fresh/$s\" && mv acc \"fresh/$s/acc\" && mv fresh acc || exit 1; done; \
+         echo made"
+    )
+}
+
 /// A `/job` tree 100,000 directories deep (a few seconds of busybox) used to overflow the
 /// stack in cleanup; under a low descriptor limit a much shallower one ran out of descriptors.
 /// The runner removes it whole with 256 descriptors and prints its results.
@@ -328,15 +340,7 @@ fn other_host_users_cannot_reach_into_a_runs_job_directory() {
 fn a_100000_deep_job_tree_is_removed_under_a_256_descriptor_limit() {
     let _serial = serial();
     let case = Case::new();
-    // A fresh chain of 1,024 directories (a 2,047-byte path, under PATH_MAX) made with one
-    // `mkdir -p`, the tree so far moved to its bottom, 98 times over: 100,450 deep, with no
-    // path longer than PATH_MAX and a few process starts per 1,024 levels.
-    let deep = case.chain(
-        "deep",
-        &["s=a; for i in 1 2 3 4 5 6 7 8 9 10; do s=\"$s/$s\"; done; cd /job; mkdir acc; \
-           for i in $(seq 98); do mkdir -p \"fresh/$s\" && mv acc \"fresh/$s/acc\" && mv fresh acc || exit 1; done; \
-           echo made"],
-    );
+    let deep = case.chain("deep", &[&deep_tree("/job", 98)]);
     let ran = finish(spawn(shell(&format!("ulimit -n 256 && {}", case.run_command(&deep)), None)));
     assert!(ran.status.success(), "{}", show(&ran));
     assert_eq!(stdout_of_stage(&ran, 0), "made");
@@ -394,12 +398,7 @@ fn an_unremovable_file_is_reported_and_stops_nothing_else() {
 fn a_deep_tree_in_a_stages_root_filesystem_does_not_leave_its_container() {
     let _serial = serial();
     let case = Case::new();
-    let deep = case.chain(
-        "deep-rootfs",
-        &["s=a; for i in 1 2 3 4 5 6 7 8 9 10; do s=\"$s/$s\"; done; cd /tmp; mkdir acc; \
-           for i in $(seq 30); do mkdir -p \"fresh/$s\" && mv acc \"fresh/$s/acc\" && mv fresh acc || exit 1; done; \
-           echo made"],
-    );
+    let deep = case.chain("deep-rootfs", &[&deep_tree("/tmp", 30)]);
     let ran = finish(spawn(shell(&case.run_command(&deep), None)));
     assert!(ran.status.success(), "{}", show(&ran));
     assert_eq!(stdout_of_stage(&ran, 0), "made");

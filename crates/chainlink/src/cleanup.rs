@@ -27,7 +27,7 @@ use crate::engine::{ContainerSpec, Engine, EngineError, JobMount, SharedEngine};
 use crate::spec::Stage;
 use crate::tree::RemovalReport;
 use crate::workspace::{
-    check_private_dir, private_dir, probe_run, stale_staging, Liveness, LockFile, Workspace, JOB_DIR, LOCK_FILE,
+    check_private_dir, effective_uid, private_dir, probe_run, stale_staging, Liveness, LockFile, Workspace, JOB_DIR, LOCK_FILE,
     RUN_DIR_PREFIX, STAGING_PREFIX,
 };
 
@@ -102,13 +102,8 @@ fn hostname() -> String {
     String::from_utf8_lossy(&buffer[..end]).into_owned()
 }
 
-fn current_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
-
 fn owner_label() -> String {
-    format!("{}/{}/{}", hostname(), std::process::id(), current_uid())
+    format!("{}/{}/{}", hostname(), std::process::id(), effective_uid())
 }
 
 fn owner_uid(label: &str) -> Option<u32> {
@@ -353,7 +348,7 @@ pub(crate) async fn remove_run_dir(
         }
     }
     let denied = report.failures.iter().any(|(_, e)| e.kind() == io::ErrorKind::PermissionDenied);
-    if denied && current_uid() != 0 {
+    if denied && effective_uid() != 0 {
         for image in images {
             if remove_as_root(engine, run, root, &job, image).await.is_ok() {
                 let failures = std::mem::take(&mut report.failures);
@@ -512,13 +507,7 @@ pub async fn sweep_dead_runs(
             }
         },
     };
-    // Last resort for a root cleanup container: any image the engine holds (the cleanup
-    // container runs `rm` with no network and only the dead run's own /job mounted).
-    if current_uid() != 0 {
-        if let Ok(local) = engine.local_images().await {
-            images.extend(local.into_iter().filter(|i| !images.contains(i)).take(5).collect::<Vec<_>>());
-        }
-    }
+    let mut asked_for_local_images = false;
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
@@ -539,7 +528,7 @@ pub async fn sweep_dead_runs(
         };
         let probe_path = path.clone();
         let run_text = run.to_string();
-        let liveness = tokio::task::spawn_blocking(move || probe_run(&probe_path, &run_text, Some(current_uid())))
+        let liveness = tokio::task::spawn_blocking(move || probe_run(&probe_path, &run_text, Some(effective_uid())))
             .await
             .unwrap_or(Liveness::Unknown { deadline: None });
         let lock = match liveness {
@@ -549,7 +538,20 @@ pub async fn sweep_dead_runs(
             Liveness::Unknown { deadline: Some(d) } if now > d => None,
             Liveness::Live | Liveness::Unknown { .. } => continue,
         };
-        let removed = remove_run_dir(engine, &RunId(run.to_string()), &path, &images).await;
+        let run = RunId(run.to_string());
+        let mut removed = remove_run_dir(engine, &run, &path, &images).await;
+        // Last resort for a root cleanup container, asked for only when needed: any image the
+        // engine holds (it runs `rm` with no network and only the dead run's own /job mounted).
+        if removed.is_err() && effective_uid() != 0 && !asked_for_local_images {
+            asked_for_local_images = true;
+            let known = images.len();
+            if let Ok(local) = engine.local_images().await {
+                images.extend(local.into_iter().filter(|i| !images.contains(i)).take(5).collect::<Vec<_>>());
+            }
+            if images.len() > known {
+                removed = remove_run_dir(engine, &run, &path, &images[known..]).await;
+            }
+        }
         drop(lock);
         match removed {
             Ok(()) => report.directories.push(path),
@@ -569,7 +571,7 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.as_str().starts_with(&format!("{}-", std::process::id())), "{a}");
         assert!(a.as_str().chars().all(|c| c.is_ascii_hexdigit() || c == '-'), "{a}");
-        assert_eq!(owner_uid(&owner_label()), Some(current_uid()));
+        assert_eq!(owner_uid(&owner_label()), Some(effective_uid()));
     }
 
     #[test]
@@ -581,7 +583,7 @@ mod tests {
         assert!(matches!(probe_run(workspace.root(), run.as_str(), None), Liveness::Live));
         // Another run's id, or another user's directory, proves nothing.
         assert!(matches!(probe_run(workspace.root(), "1-0000000000000000", None), Liveness::Unknown { .. }));
-        assert!(matches!(probe_run(workspace.root(), run.as_str(), Some(current_uid() + 1)), Liveness::Unknown { .. }));
+        assert!(matches!(probe_run(workspace.root(), run.as_str(), Some(effective_uid() + 1)), Liveness::Unknown { .. }));
         let root = workspace.root().to_path_buf();
         drop(workspace);
         assert!(matches!(probe_run(&root, run.as_str(), None), Liveness::Over(Some(_))));

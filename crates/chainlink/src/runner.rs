@@ -232,6 +232,8 @@ impl Chain {
         // The next stage's container is created while the current one runs: creation depends
         // on nothing a stage does, and it takes the engine's create time off the critical path.
         let mut created_next: Option<Result<String, EngineError>> = None;
+        // `/job`'s usage as the last stage left it, when measured: the next one's baseline.
+        let mut job_known: Option<u64> = None;
         for (index, stage) in self.stages.iter().enumerate() {
             if failed {
                 emit(sink, || Event::StageSkipped { index, total });
@@ -244,7 +246,7 @@ impl Chain {
             }
             .map_err(|e| (index, e))?;
             emit(sink, || Event::StageStarted { index, total, image: stage.image.clone() });
-            let job_baseline = job_baseline(workspace, stage).await;
+            let job_baseline = job_baseline(workspace, stage, job_known.take()).await;
             let started = Instant::now();
             if let Err(refused) = self.engine.start(&id).await {
                 if refused.kind != EngineErrorKind::CannotStart {
@@ -266,7 +268,8 @@ impl Chain {
                 }
             };
             let (result, next) = tokio::join!(self.finish(sink, index, stage, &id, started, workspace, job_baseline), create_next);
-            let result = result.map_err(|e| (index, e))?;
+            let (result, job_after) = result.map_err(|e| (index, e))?;
+            job_known = job_after;
             guard.release_in_background(&id);
             failed = !result.success();
             if failed {
@@ -344,7 +347,8 @@ impl Chain {
     /// Drives a started stage to its end: waits up to the timeout and watches its disk use
     /// against `disk_limit` (killing it when either is passed), collects its output as it
     /// comes, and inspects its final state. `job_baseline` is `/job`'s usage before the start
-    /// (`None`: no disk limit).
+    /// (`None`: no disk limit); with the result comes `/job`'s usage after the exit, when it
+    /// was measured in full.
     #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
@@ -355,7 +359,7 @@ impl Chain {
         started: Instant,
         workspace: &Workspace,
         job_baseline: Option<u64>,
-    ) -> Result<StageResult, EngineError> {
+    ) -> Result<(StageResult, Option<u64>), EngineError> {
         let engine = &*self.engine;
         let total = self.stages.len();
         let mut output = Collector::new(stage.output_limit, sink, index);
@@ -460,30 +464,31 @@ impl Chain {
         });
         let state = state?;
         let mut exited_over = false;
+        let mut job_now = None;
         if let (Some((limit, _)), Some(growth)) = (limits, job_after) {
             match growth {
-                Ok((growth, true)) if growth <= limit => {}
-                Ok((growth, true)) => stop = Some(Stop::DiskLimit(Some(growth))),
+                Ok(JobGrowth { now, growth, complete: true }) if growth <= limit => job_now = Some(now),
+                Ok(JobGrowth { growth, complete: true, .. }) => stop = Some(Stop::DiskLimit(Some(growth))),
                 // What it left cannot be measured (closed to a runner that is not root): it
                 // cannot be let through, and it is the stage's doing, not the engine's.
-                Ok((_, false)) | Err(_) => stop = Some(Stop::DiskLimit(None)),
+                Ok(JobGrowth { complete: false, .. }) | Err(_) => stop = Some(Stop::DiskLimit(None)),
             }
             exited_over = stop.is_some();
         }
-        if let (Some(Stop::DiskLimit(None)), Some(limit)) = (stop, stage.disk_limit) {
-            let ending = if exited_over { "it had exited" } else { "killed" };
-            output.stderr.mark(format!(
-                "disk_limit: what the stage wrote into /job could not be measured (its directories kept moving \
-                 under the measurement, or were closed to the runner's user), so it could not be held to its \
-                 disk_limit {limit}; {ending}"
-            ));
-        }
-        if let (Some(Stop::DiskLimit(Some(written))), Some(limit)) = (stop, stage.disk_limit) {
-            let ending = if exited_over { "it had already exited" } else { "killed" };
-            output.stderr.mark(format!(
-                "disk_limit exceeded: the stage wrote at least {written} bytes into /job and its writable layer \
-                 (disk_limit {limit}); {ending}"
-            ));
+        if let (Some(Stop::DiskLimit(written)), Some(limit)) = (stop, stage.disk_limit) {
+            output.stderr.mark(match written {
+                None => format!(
+                    "disk_limit: what the stage wrote into /job could not be measured (its directories kept moving \
+                     under the measurement, or were closed to the runner's user), so it could not be held to its \
+                     disk_limit {limit}; {}",
+                    if exited_over { "it had exited" } else { "killed" }
+                ),
+                Some(written) => format!(
+                    "disk_limit exceeded: the stage wrote at least {written} bytes into /job and its writable layer \
+                     (disk_limit {limit}); {}",
+                    if exited_over { "it had already exited" } else { "killed" }
+                ),
+            });
         }
         let (stdout, stderr) = (output.stdout.finish(), output.stderr.finish());
         let outcome = match stop {
@@ -491,7 +496,7 @@ impl Chain {
             stop => Outcome::from_exit(stop.is_some(), state.exit_code().unwrap_or(exit_code), state.oom_killed()),
         };
         emit(sink, || Event::StageFinished { index, total, outcome, duration });
-        Ok(StageResult {
+        let result = StageResult {
             index,
             image: stage.image.clone(),
             outcome,
@@ -499,7 +504,8 @@ impl Chain {
             stdout: stage.logs.then_some(stdout),
             stderr: stage.logs.then_some(stderr),
             duration,
-        })
+        };
+        Ok((result, job_now))
     }
 }
 
@@ -508,27 +514,34 @@ impl Chain {
 enum Stop {
     Timeout,
     /// With the bytes it had written when measured; `None` when what it wrote could not be
-    /// measured (it kept moving its directories under the walk).
+    /// measured.
     DiskLimit(Option<u64>),
 }
 
-/// `/job`'s usage before a stage with a disk limit starts; `None` without a limit (nothing is
-/// measured then).
-/// What cannot be read counts as nothing: the stage's own walks then fail closed.
-async fn job_baseline(workspace: &Workspace, stage: &Stage) -> Option<u64> {
-    match stage.disk_limit {
-        Some(_) => Some(workspace.disk_usage().await.map_or(0, |usage| usage.bytes)),
-        None => None,
+/// `/job`'s usage before a stage with a disk limit starts (`None` without a limit: nothing is
+/// measured then): `known` when the previous stage's last measurement gave it (nothing writes
+/// `/job` between a stage's exit and the next one's start), else a walk. What cannot be read
+/// counts as nothing: the stage's own measurements then fail closed.
+async fn job_baseline(workspace: &Workspace, stage: &Stage, known: Option<u64>) -> Option<u64> {
+    stage.disk_limit?;
+    match known {
+        Some(bytes) => Some(bytes),
+        None => Some(workspace.disk_usage().await.map_or(0, |usage| usage.bytes)),
     }
 }
 
-/// How much `/job` grew since `baseline`; what a stage deletes of earlier stages' files is not
-/// credited beyond zero.
-/// Also whether the measurement saw everything (`false`: some directories were closed to the
-/// runner's user, which happens only when the runner is not root).
-async fn job_growth(workspace: &Workspace, baseline: u64) -> Result<(u64, bool), EngineError> {
+/// `/job`'s usage now, its growth since `baseline` (what a stage deletes of earlier stages'
+/// files is not credited beyond zero), and whether the measurement saw everything (`false`:
+/// directories closed to a runner that is not root).
+async fn job_growth(workspace: &Workspace, baseline: u64) -> Result<JobGrowth, EngineError> {
     let usage = workspace.disk_usage().await.map_err(job_error)?;
-    Ok((usage.bytes.saturating_sub(baseline), usage.skipped == 0))
+    Ok(JobGrowth { now: usage.bytes, growth: usage.bytes.saturating_sub(baseline), complete: usage.skipped == 0 })
+}
+
+struct JobGrowth {
+    now: u64,
+    growth: u64,
+    complete: bool,
 }
 
 fn job_error(e: std::io::Error) -> EngineError {
@@ -548,7 +561,7 @@ async fn watch_disk(
     let mut failed_in_a_row = 0;
     loop {
         tokio::time::sleep(DISK_POLL).await;
-        let (job, layer) = tokio::join!(job_growth(workspace, baseline), engine.writable_layer_size(id));
+        let (job, layer) = tokio::join!(job_growth(workspace, baseline), engine.container_disk_usage(id));
         // A walk of /job fails only when the stage keeps moving directories under it. That is
         // the stage's doing, never the engine's: it must not become a run error, nor a way
         // past the limit, so after a few failures in a row the stage is stopped as over it.
@@ -556,7 +569,7 @@ async fn watch_disk(
         // measured, so it cannot be let through either.
         // The same for a layer or volume that cannot be measured. (An engine that went away
         // ends the stage's wait first, as the error it is.)
-        let (Ok((job, true)), Ok(layer)) = (job, layer) else {
+        let (Ok(JobGrowth { growth: job, complete: true, .. }), Ok(layer)) = (job, layer) else {
             failed_in_a_row += 1;
             if failed_in_a_row >= UNMEASURABLE_POLLS {
                 return Ok(None);

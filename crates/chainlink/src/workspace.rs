@@ -89,8 +89,7 @@ impl Workspace {
             );
             fork_safety::forget_in_children(&lock.0);
             flock(&lock.0, libc::LOCK_EX | libc::LOCK_NB)?;
-            let deadline = deadline.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
-            write!(lock.0, "{run}\n{deadline}\n")?;
+            write!(lock.0, "{run}\n{}\n", crate::cleanup::unix_seconds(deadline))?;
             let job = staging.join(JOB_DIR);
             std::fs::create_dir(&job)?;
             // Stages may run as any user: /job is open to all of them, behind the 0700 parents.
@@ -227,7 +226,7 @@ pub(crate) fn probe_run(root: &Path, run: &str, owner_uid: Option<u32>) -> Liven
     }
 }
 
-fn effective_uid() -> u32 {
+pub(crate) fn effective_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
 }

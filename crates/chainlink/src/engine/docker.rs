@@ -524,7 +524,7 @@ impl Engine for DockerEngine {
         Ok(Arc::new(DockerEngine::connect_to(&self.endpoint).await?.with_credentials(self.credentials.clone())))
     }
 
-    async fn writable_layer_size(&self, id: &str) -> Result<Option<u64>, EngineError> {
+    async fn container_disk_usage(&self, id: &str) -> Result<Option<u64>, EngineError> {
         // Where the layer is a directory on this host that we may read (overlay2,
         // fuse-overlayfs: `UpperDir`, when the runner is root), a walk of just what the
         // container wrote takes a millisecond. `size=true` instead makes the engine diff the

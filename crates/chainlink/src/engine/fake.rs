@@ -528,7 +528,7 @@ impl Engine for FakeEngine {
         Ok(self.shared())
     }
 
-    async fn writable_layer_size(&self, id: &str) -> Result<Option<u64>, EngineError> {
+    async fn container_disk_usage(&self, id: &str) -> Result<Option<u64>, EngineError> {
         let state = self.state.lock().unwrap();
         state.check(Instant::now())?;
         state.find(id).ok_or_else(|| not_found(id))?;

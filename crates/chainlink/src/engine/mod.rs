@@ -207,10 +207,12 @@ pub trait Engine: Send + Sync + fmt::Debug + 'static {
     /// A new connection to the same engine, for cleanup from a thread of its own when the
     /// caller's runtime cannot be used (a dropped future).
     async fn reconnect(&self) -> Result<SharedEngine, EngineError>;
-    /// Bytes the container wrote to its writable layer (its root filesystem outside mounts and
-    /// tmpfs), measured where the engine keeps the layer when we can read it there, else as the
-    /// engine reports them; `None` when neither is possible.
-    async fn writable_layer_size(&self, id: &str) -> Result<Option<u64>, EngineError>;
+    /// Bytes the container holds on the engine's disk outside `/job`: its writable layer (its
+    /// root filesystem outside mounts and tmpfs), the volumes the engine made for the image's
+    /// `VOLUME` lines, and the engine's own files of it (`/etc/hosts` and the like); measured
+    /// where the engine keeps them when we can read them there, else as the engine reports the
+    /// layer; `None` when neither is possible.
+    async fn container_disk_usage(&self, id: &str) -> Result<Option<u64>, EngineError>;
     /// The host's CPUs, memory and runtimes, read when a chain is checked against the engine.
     async fn info(&self) -> Result<EngineInfo, EngineError>;
 }
