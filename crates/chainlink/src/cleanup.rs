@@ -590,6 +590,42 @@ mod tests {
         assert!(matches!(probe_run(&workdir.path().join("missing"), run.as_str(), None), Liveness::Unknown { deadline: None }));
     }
 
+    /// A runner killed between making its staging directory and renaming it into place (the
+    /// worst moment for a SIGKILL) leaves a `.chainlink-new-*` directory whose lock nobody
+    /// holds: a sweep leaves it while it is fresh (a run may be making it right now) and
+    /// removes it once it is stale; a live run's staging directory is never touched.
+    #[tokio::test]
+    async fn a_staging_directory_left_by_a_killed_runner_goes_once_stale() {
+        let workdir = tempfile::tempdir().unwrap();
+        let engine = crate::engine::fake::FakeEngine::new([]);
+        let private = crate::workspace::private_dir(workdir.path());
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(&private, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let make = |run: &str| {
+            let staging = private.join(format!("{STAGING_PREFIX}{run}"));
+            std::fs::create_dir_all(staging.join(JOB_DIR)).unwrap();
+            std::fs::write(staging.join(LOCK_FILE), format!("{run}\n0\n")).unwrap();
+            staging
+        };
+        let age = |path: &Path, seconds: u64| {
+            let then = SystemTime::now() - Duration::from_secs(seconds);
+            std::fs::File::open(path).unwrap().set_modified(then).unwrap();
+        };
+        let fresh = make("1-00000000000000f1");
+        let stale = make("1-00000000000000f2");
+        age(&stale, 11 * 60);
+        // A stale staging directory whose lock is held: a runner stuck making it, alive.
+        let held = make("1-00000000000000f3");
+        age(&held, 11 * 60);
+        let holder = std::fs::File::open(held.join(LOCK_FILE)).unwrap();
+        crate::workspace::flock_for_tests(&holder);
+
+        let report = sweep_dead_runs(&engine, workdir.path(), &[]).await.unwrap();
+        assert_eq!(report.directories, [stale.clone()], "{report:?}");
+        assert!(report.failures.is_empty(), "{report:?}");
+        assert!(fresh.exists() && held.exists() && !stale.exists());
+    }
+
     #[test]
     fn a_fifo_for_a_lock_proves_nothing_and_blocks_nothing() {
         let workdir = tempfile::tempdir().unwrap();

@@ -250,8 +250,8 @@ impl Stage {
                 bad("runtime", RUNTIME_EXPECTED, quote(runtime));
             }
         }
-        if self.disk_limit == Some(0) {
-            bad("disk_limit", DISK_LIMIT_EXPECTED, "0".into());
+        if let Some(limit) = self.disk_limit.filter(|&l| l < MIN_DISK_LIMIT) {
+            bad("disk_limit", DISK_LIMIT_EXPECTED, MemorySize(limit).to_string());
         }
         if self.output_limit == 0 || self.output_limit > MAX_OUTPUT_LIMIT {
             bad("output_limit", OUTPUT_LIMIT_EXPECTED, MemorySize(self.output_limit).to_string());
@@ -325,7 +325,10 @@ const ULIMIT_NAME_EXPECTED: &str =
 /// The kernel's default `fs.nr_open`: a higher nofile limit, or unlimited, fails at start.
 const MAX_NOFILE: i64 = 1 << 20;
 const RUNTIME_EXPECTED: &str = "a runtime name such as \"runc\" or \"runsc\" (null for the engine's default)";
-const DISK_LIMIT_EXPECTED: &str = "a positive size such as \"1g\" or \"500m\", or null for no limit";
+const DISK_LIMIT_EXPECTED: &str = "a size of at least 1m such as \"1g\" or \"500m\", or null for no limit";
+/// The smallest `disk_limit`: a stage that writes nothing already holds about 20 KiB of the
+/// engine's own files and mount points in its layer, so a smaller limit would kill it.
+pub const MIN_DISK_LIMIT: u64 = 1 << 20;
 const OUTPUT_LIMIT_EXPECTED: &str = "a number of bytes from 1 to 1g, such as \"16m\" or 1048576";
 /// Output is kept in memory, per stream of every running stage, and the engine keeps twice
 /// as much on its disk: past a gigabyte a result is better written to `/job`.
@@ -1276,7 +1279,8 @@ mod key_tests {
             (json!({"runtime": "run\u{0}c"}), "stages[0].runtime: expected text without NUL bytes, got \"run\\u0000c\""),
             (json!({"output_limit": "lots"}), "stages[0].output_limit: expected a number of bytes from 1 to 1g, such as \"16m\" or 1048576, got \"lots\""),
             (json!({"output_limit": "2g"}), "stages[0].output_limit: expected a number of bytes from 1 to 1g, such as \"16m\" or 1048576, got 2g"),
-            (json!({"disk_limit": 0}), "stages[0].disk_limit: expected a positive size such as \"1g\" or \"500m\", or null for no limit, got 0"),
+            (json!({"disk_limit": 0}), "stages[0].disk_limit: expected a size of at least 1m such as \"1g\" or \"500m\", or null for no limit, got 0"),
+            (json!({"disk_limit": "16k"}), "stages[0].disk_limit: expected a size of at least 1m such as \"1g\" or \"500m\", or null for no limit, got 16k"),
         ]
     }
 

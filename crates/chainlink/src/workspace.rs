@@ -162,6 +162,12 @@ pub fn check_workdir(workdir: &Path) -> Result<(), String> {
     }
 }
 
+/// Takes `file`'s lock as a live runner holds it (for tests of the sweep).
+#[cfg(test)]
+pub(crate) fn flock_for_tests(file: &File) {
+    flock(file, libc::LOCK_EX | libc::LOCK_NB).expect("flock");
+}
+
 fn flock(file: &File, operation: libc::c_int) -> io::Result<()> {
     // SAFETY: the descriptor is valid for the duration of the call (borrowed from `file`).
     if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {

@@ -202,3 +202,28 @@ async fn a_stage_writing_past_its_limit_into_an_image_volume_is_killed() {
     assert_nothing_left(dir.path());
     docker(&["rmi", image]);
 }
+
+/// The smallest limit a user may give holds a stage that writes nothing: the engine's own files
+/// and mount points in its layer (about 20 KiB here) stay below it. (A limit of 16k killed
+/// `sleep` before the floor was there.)
+#[tokio::test(flavor = "multi_thread")]
+async fn the_smallest_limit_lets_a_stage_that_writes_nothing_run() {
+    let dir = workdir();
+    let stage = limited("sleep 3; echo slept", Some(chainlink::spec::MIN_DISK_LIMIT));
+    let results = run(&chain(vec![stage], dir.path()).await).await;
+    assert!(results[0].success(), "{:?}: {}", results[0].outcome, stderr(&results[0]));
+    assert_eq!(stdout(&results[0]), "slept");
+    assert_nothing_left(dir.path());
+}
+
+/// `/etc/hosts` (like `/etc/resolv.conf` and `/etc/hostname`) is a writable file the engine
+/// bind-mounts from its own directory, outside the layer and `/job`: it counts too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stage_writing_past_its_limit_into_etc_hosts_is_killed() {
+    let dir = workdir();
+    let stage = limited(&writer("/etc/hosts", 128, "0.1"), Some(64 * MIB));
+    let results = run(&chain(vec![stage, sh("echo never")], dir.path()).await).await;
+    let written = assert_killed_for_disk(&results, 64);
+    assert!(written < 256, "{written} MiB written before the kill");
+    assert_nothing_left(dir.path());
+}
